@@ -1,0 +1,190 @@
+"""The `resexport` command line: parse, call the library, print. No logic lives here.
+
+Every command runs inside `_boundary`, the one place where the project's errors become a one-line
+message on stderr and a documented exit code (see exporter/errors.py and README, Troubleshooting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+# Quiet TensorFlow's C++ start-up chatter before anything can import it.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from exporter import __version__
+from exporter.errors import EXIT_CODES, ResexportError
+
+app = typer.Typer(
+    name="resexport",
+    help="Take a Keras ResNet to the edge: train, convert to TFLite/ONNX, validate every artifact "
+         "against the Keras original on the real test set, benchmark, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()                      # results (tables, JSON)
+err = Console(stderr=True)           # progress and messages
+_state = {"debug": False}
+
+
+# ------------------------------------------------------------------------------ plumbing
+
+class RichProgress:
+    """exporter.progress.Progress on Rich, drawn on stderr (stdout stays machine-readable)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None = None) -> Iterator:
+        if not self.enabled:
+            from exporter.progress import NULL
+
+            with NULL.task(description, total) as t:
+                yield t
+            return
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn()] if total else [SpinnerColumn(), TextColumn("{task.description}"),
+                                                       TimeElapsedColumn()]
+        with Progress(*columns, console=err, transient=False) as bar:
+            tid = bar.add_task(description, total=total)
+
+            class _T:
+                def advance(self, n: int = 1) -> None:
+                    bar.advance(tid, n)
+
+                def describe(self, text: str) -> None:
+                    bar.update(tid, description=f"{description}: {text}")
+
+            yield _T()
+
+
+def _progress(json_out: bool = False) -> RichProgress:
+    return RichProgress(enabled=not json_out and err.is_terminal or os.environ.get("RESEXPORT_PROGRESS") == "1")
+
+
+def _boundary(fn):
+    """Run a command; map errors to one line + exit code. --debug shows tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ResexportError as exc:
+            if _state["debug"]:
+                raise
+            err.print(f"[bold red]error[/] ({exc.kind}): {exc.one_line()}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]: nothing half-written was left behind")
+            raise typer.Exit(EXIT_CODES["interrupted"]) from None
+        except Exception as exc:  # a bug: say so in one line, keep the traceback behind --debug
+            if _state["debug"]:
+                raise
+            text = " ".join(str(exc).split())[:300]
+            err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {text} "
+                      "(rerun with --debug for the traceback, and please report it)",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_CODES["internal"]) from None
+
+    return wrapper
+
+
+def _print_json(obj) -> None:
+    from exporter.fsutil import _json_default
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"resexport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
+):
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("tensorflow", "absl", "tf2onnx", "h5py"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------ train
+
+@app.command()
+@_boundary
+def train(
+    model: str = typer.Option("resmini", "--model", "-m", help="Registry model: resmini (CPU default), "
+                              "plain12/20/32/50, residual12/20/32/50 (seed 003), resnet18/34 (seed 000)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
+                                          "(default: the model's own dataset)."),
+    recipe: str = typer.Option("fast", "--recipe", help="'fast' (CPU default: Adam 2e-3 cosine, batch 128, "
+                               "6 epochs) or 'seed' (seed 003: Adam 1e-4 decay 1e-6, batch 150, 25 epochs)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling)."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder to create (default: "
+                                       "artifacts/<model>-<dataset>-<time>)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are "
+                                            "(else $RESEXPORT_DATA, ~/.keras/datasets, /usr/share/datasets)."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset "
+                                              "of this many images (quick runs)."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+):
+    """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
+    from exporter import data as data_mod
+    from exporter import manifest as mf
+    from exporter.models import MODELS, build_model  # noqa: F401  (validates the name early)
+    from exporter.train import resolve_recipe, train as train_fn
+
+    if model not in MODELS:
+        from exporter.errors import UsageError
+
+        raise UsageError(f"unknown model '{model}'", hint=f"choose one of: {', '.join(MODELS)}")
+    dataset = dataset or MODELS[model].dataset
+    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
+    run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
+    ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
+                      progress=_progress(json_out))
+    summary = {"run": str(result.run), "model": model, "dataset": dataset,
+               "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
+               "epochs": result.epochs}
+    if json_out:
+        _print_json(summary)
+    else:
+        out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
+                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {result.run}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The project's error types. Library code raises these; only the CLI turns them into exit codes.
+
+Exit codes (documented in README, "Troubleshooting"):
+    0  success
+    2  usage: bad flags, nothing to work on, output exists and --force not given
+    3  bad input: unreadable/corrupt model or data file, shape mismatch, unsafe model
+    4  validation failed: an artifact missed its gate
+    5  missing runtime or device: optional package not installed, no GPU, wrong backend
+    6  output: folder not writable, write failed
+    70 internal error (a bug: rerun with --debug and report it)
+    130 interrupted (Ctrl-C); nothing half-written is left behind
+"""
+
+from __future__ import annotations
+
+
+class ResexportError(Exception):
+    """Base of every error the CLI reports as one line."""
+
+    exit_code = 70
+    kind = "error"
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        text = self.message.rstrip(".")
+        if self.hint:
+            text += f". {self.hint.rstrip('.')}"
+        return " ".join(text.split())
+
+
+class UsageError(ResexportError):
+    exit_code = 2
+    kind = "usage"
+
+
+class OutputExistsError(UsageError):
+    """Refusing to overwrite something the user already has."""
+
+
+class InputError(ResexportError):
+    exit_code = 3
+    kind = "bad input"
+
+
+class DataError(InputError):
+    """A dataset file is missing, corrupt or inconsistent."""
+
+
+class ModelFileError(InputError):
+    """A model or artifact file cannot be read or does not fit the data."""
+
+
+class ValidationFailed(ResexportError):
+    exit_code = 4
+    kind = "validation failed"
+
+
+class MissingRuntimeError(ResexportError):
+    exit_code = 5
+    kind = "missing runtime"
+
+
+class OutputError(ResexportError):
+    exit_code = 6
+    kind = "output"
+
+
+EXIT_CODES = {
+    "ok": 0,
+    "usage": UsageError.exit_code,
+    "bad input": InputError.exit_code,
+    "validation failed": ValidationFailed.exit_code,
+    "missing runtime": MissingRuntimeError.exit_code,
+    "output": OutputError.exit_code,
+    "internal": 70,
+    "interrupted": 130,
+}
+
+
+def require(module: str, *, extra: str, purpose: str):
+    """Import an optional module or raise MissingRuntimeError with the pip line that fixes it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # ModuleNotFoundError or a broken install
+        raise MissingRuntimeError(
+            f"{purpose} needs the Python package '{module.split('.')[0]}', which is not importable ({exc})",
+            hint=f"install it with: pip install 'resexport[{extra}]'",
+        ) from exc

@@ -1,0 +1,83 @@
+"""Atomic file writes: a reader never sees a half-written file, Ctrl-C leaves the old one intact."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from exporter.errors import OutputError, OutputExistsError
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def ensure_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create folder {path}: {exc.strerror or exc}",
+                          hint="choose a writable location with --run") from exc
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"folder {path} is not writable", hint="choose a writable location with --run")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, *, force: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; on success rename it into place, else delete it.
+
+    With force=False an existing `final` is an OutputExistsError, checked before any work.
+    """
+    final = Path(final)
+    if final.exists() and not force:
+        raise OutputExistsError(f"{final} already exists", hint="pass --force to replace it")
+    ensure_dir(final.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        if not tmp.exists() or tmp.stat().st_size == 0:
+            raise OutputError(f"writing {final} produced an empty file")
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise OutputError(f"writing {final} failed: {exc.strerror or exc}") from exc
+    finally:
+        # BaseException too: Ctrl-C must not leave the temp file behind.
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes_atomic(final: Path, data: bytes, *, force: bool = True) -> None:
+    with atomic_path(final, force=force) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def write_json_atomic(final: Path, obj, *, force: bool = True) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_bytes_atomic(final, text.encode(), force=force)
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,110 @@
+"""The run folder and its manifest.json: one place that says what is in a run.
+
+Written atomically (temp file + rename) so a crash or Ctrl-C never leaves a corrupt manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from importlib import metadata
+from pathlib import Path
+
+from exporter.errors import InputError, UsageError
+from exporter.fsutil import write_json_atomic
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+ARTIFACTS_ENV = "RESEXPORT_ARTIFACTS"
+
+VERSION_PACKAGES = ("resexport", "keras", "tensorflow", "jax", "tf2onnx", "onnx", "onnxruntime",
+                    "ai-edge-litert", "numpy")
+
+
+def artifacts_root() -> Path:
+    return Path(os.environ.get(ARTIFACTS_ENV, "artifacts"))
+
+
+def library_versions(packages=VERSION_PACKAGES) -> dict[str, str]:
+    """Installed versions, read from package metadata (imports nothing)."""
+    out = {}
+    for name in packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_name(model: str, dataset: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{model}-{dataset}-{stamp}"
+
+
+def read_manifest(run: Path) -> dict:
+    path = Path(run) / MANIFEST
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"{run} is not a run folder (no {MANIFEST})",
+                         hint="create one with `resexport train` or `resexport convert --model FILE`") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InputError(f"{path} is corrupt ({exc})",
+                         hint="restore it, or re-create the run with --force") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("schema"), int):
+        raise InputError(f"{path} is not a resexport manifest (no schema number)")
+    if data["schema"] > SCHEMA:
+        raise InputError(f"{path} has schema {data['schema']}, newer than this resexport ({SCHEMA})",
+                         hint="upgrade resexport")
+    for key, kind in (("model", dict), ("dataset", dict), ("artifacts", dict)):
+        if not isinstance(data.get(key, kind()), kind):
+            raise InputError(f"{path}: field '{key}' should be a {kind.__name__}")
+    data.setdefault("artifacts", {})
+    return data
+
+
+def write_manifest(run: Path, data: dict) -> None:
+    data = {"schema": SCHEMA, **{k: v for k, v in data.items() if k != "schema"}}
+    data["updated"] = now_iso()
+    write_json_atomic(Path(run) / MANIFEST, data)
+
+
+def find_runs(root: Path | None = None) -> list[Path]:
+    root = Path(root or artifacts_root())
+    if not root.is_dir():
+        return []
+    runs = [p for p in root.iterdir() if p.is_dir() and (p / MANIFEST).is_file()]
+    return sorted(runs, key=_created)
+
+
+def _created(run: Path) -> tuple[str, str]:
+    """Sort key: the manifest's creation time (ISO, sortable), the folder name to break ties."""
+    try:
+        created = json.loads((run / MANIFEST).read_text()).get("created", "")
+    except (OSError, ValueError, AttributeError):
+        created = ""
+    return (created if isinstance(created, str) else "", run.name)
+
+
+def resolve_run(run: str | os.PathLike | None) -> Path:
+    """--run DIR if given, else the newest run folder under the artifacts root."""
+    if run is not None:
+        path = Path(run)
+        if not path.is_dir():
+            raise UsageError(f"run folder {path} does not exist",
+                             hint="create it with `resexport train --run DIR`")
+        return path
+    runs = find_runs()
+    if not runs:
+        raise UsageError(f"no run folder found under {artifacts_root()}/",
+                         hint="train one with `resexport train`, or pass --run DIR")
+    return runs[-1]

@@ -1,0 +1,87 @@
+"""Shared fixtures. The expensive ones (a model trained on real Fashion-MNIST, its converted
+artifacts) are session-scoped so the whole suite trains and converts once."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from exporter import data
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> data.Dataset:
+    """The real Fashion-MNIST (Debian package or keras.datasets download)."""
+    return data.load_dataset("fashion_mnist")
+
+
+@pytest.fixture(scope="session")
+def fmnist_small(fmnist) -> data.Dataset:
+    """A stratified real slice: 4000 train, 1000 test images."""
+    return data.subset(fmnist, train_limit=4000, test_limit=1000)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, fmnist_small):
+    """resmini trained 3 epochs on the real slice: the model later stages convert and validate."""
+    from exporter.train import RECIPES, train
+    from dataclasses import replace
+
+    run = tmp_path_factory.mktemp("runs") / "resmini-small"
+    result = train(model_name="resmini", dataset=fmnist_small, run=run,
+                   recipe=replace(RECIPES["fast"], epochs=3), seed=0)
+    return result
+
+
+# ------------------------------------------------------------------ writers of the real formats
+
+def write_idx(path: Path, array: np.ndarray, *, magic: bytes | None = None, gz: bool = True) -> Path:
+    array = np.asarray(array, dtype=np.uint8)
+    header = magic or bytes([0, 0, 0x08, array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + array.tobytes()
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    return path
+
+
+def write_idx_dataset(folder: Path, n_train=60, n_test=20, classes=10, shape=(28, 28), seed=0,
+                      labels_train=None) -> Path:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_idx(folder / data.IDX_FILES["x_train"], rng.integers(0, 256, (n_train, *shape)))
+    y_train = labels_train if labels_train is not None else np.arange(n_train) % classes
+    write_idx(folder / data.IDX_FILES["y_train"], y_train)
+    write_idx(folder / data.IDX_FILES["x_test"], rng.integers(0, 256, (n_test, *shape)))
+    write_idx(folder / data.IDX_FILES["y_test"], np.arange(n_test) % classes)
+    return folder
+
+
+def cifar_batch_bytes(images_nhwc: np.ndarray, labels, name=b"batch") -> bytes:
+    """Exactly the CIFAR-10 python format: a protocol-2 pickle of a dict with bytes keys, 'data' as
+    (N, 3072) uint8 in channel-major order (1024 R, 1024 G, 1024 B)."""
+    flat = np.asarray(images_nhwc, np.uint8).transpose(0, 3, 1, 2).reshape(len(images_nhwc), 3072)
+    obj = {b"batch_label": name, b"labels": [int(v) for v in labels], b"data": flat,
+           b"filenames": [b"img_%d.png" % i for i in range(len(labels))]}
+    return pickle.dumps(obj, protocol=2)
+
+
+def write_cifar_folder(folder: Path, per_batch=20, seed=0) -> tuple[Path, dict]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    truth = {}
+    for name in (*data.CIFAR_TRAIN_BATCHES, data.CIFAR_TEST_BATCH):
+        imgs = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, per_batch)
+        (folder / name).write_bytes(cifar_batch_bytes(imgs, labels, name.encode()))
+        truth[name] = (imgs, labels)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in data.CIFAR10_CLASSES]}, protocol=2))
+    return folder, truth
