@@ -35,7 +35,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()                      # results (tables, JSON)
+out = Console(width=None if sys.stdout.isatty() else 200)  # results (tables, JSON)
 err = Console(stderr=True)           # progress and messages
 _state = {"debug": False}
 
@@ -180,6 +180,142 @@ def train(
     else:
         out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
                   f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {result.run}")
+
+
+# ------------------------------------------------------------------------------ shared options
+
+RUN_OPT = typer.Option(None, "--run", help="Run folder (default: the newest under artifacts/).")
+DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else the usual places).")
+THREADS_OPT = typer.Option(None, "--threads", help="CPU threads for TFLite/ONNX Runtime (default: the runtime's).")
+UNSAFE_OPT = typer.Option(False, "--unsafe", help="Allow Keras models with Lambda layers (runs code from the file).")
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+def _run_dataset(run: Path, data_dir, test_limit=None):
+    from exporter import data as data_mod
+    from exporter import manifest as mf
+
+    man = mf.read_manifest(run)
+    return data_mod.load_dataset(man["dataset"]["name"], data_dir=data_dir, test_limit=test_limit)
+
+
+def _split(values: Optional[List[str]]) -> Optional[List[str]]:
+    if not values:
+        return None
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+# ------------------------------------------------------------------------------ convert
+
+@app.command()
+@_boundary
+def convert(
+    run: Optional[Path] = RUN_OPT,
+    model: Optional[Path] = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
+                                         ".h5, or a TF SavedModel folder (a new run folder is made for it)."),
+    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx or all."),
+    quantize: str = typer.Option("all", "--quantize", "-q", help="none (float32), float16, dynamic, int8 or all. "
+                                 "int8 is full-integer TFLite / QDQ ONNX, calibrated on --calib-samples "
+                                 "training images."),
+    calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
+                                      "(stratified, from the training split only)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="With --model: the dataset it was "
+                                          "trained on (default fashion_mnist)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    force: bool = typer.Option(False, "--force", help="Replace artifacts made from another model or calibration."),
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Export a run's model to TFLite and/or ONNX; every artifact is recorded in manifest.json.
+
+    Kinds: tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx-fp32, onnx-fp16, onnx-int8.
+    Artifacts already made from the same model are kept (reported 'up to date')."""
+    from exporter import data as data_mod
+    from exporter import formats
+    from exporter import manifest as mf
+    from exporter.convert import convert as convert_fn, import_model
+
+    kinds = formats.select(fmt, quantize)
+    if model is not None:
+        ds = data_mod.load_dataset(dataset or "fashion_mnist", data_dir=data_dir)
+        run = import_model(model, run=run, dataset=ds, force=force, unsafe=unsafe)
+        force = False  # the new run has no artifacts yet
+    else:
+        run = mf.resolve_run(run)
+        ds = _run_dataset(run, data_dir)
+    status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
+                        unsafe=unsafe, progress=_progress(json_out))
+    man = mf.read_manifest(run)
+    rows = [{"kind": k, "status": st, "file": man["artifacts"][k]["file"], "bytes": man["artifacts"][k]["bytes"],
+             "seconds": man["artifacts"][k].get("seconds")} for k, st in status.items()]
+    if json_out:
+        _print_json({"run": str(run), "artifacts": rows})
+        return
+    table = Table(title=f"converted {run}")
+    for col in ("kind", "file", "size", "status", "seconds"):
+        table.add_column(col, justify="right" if col in ("size", "seconds") else "left")
+    for r in rows:
+        table.add_row(r["kind"], r["file"], f"{r['bytes'] / 1024:.1f} KiB", r["status"], f"{r['seconds']:.1f}")
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------ validate
+
+@app.command()
+@_boundary
+def validate(
+    run: Optional[Path] = RUN_OPT,
+    artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to check "
+                                                  "(comma-separated or repeated; default: all in the run)."),
+    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed top-1 accuracy drop "
+                                             "vs Keras, in points (overrides the per-kind default)."),
+    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Gate: smallest allowed top-1 "
+                                                  "agreement with Keras, in percent (overrides the default)."),
+    max_abs_diff: Optional[float] = typer.Option(None, "--max-abs-diff", help="Gate: largest allowed absolute "
+                                                 "difference of output probabilities."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Images per inference call."),
+    threads: Optional[int] = THREADS_OPT,
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Use a stratified subset of the test "
+                                             "set (default: all of it)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Check every artifact against the Keras original on the real test set: accuracy, change vs
+    Keras, top-1 agreement, output difference, per-class accuracy. Exits 4 naming each artifact and
+    metric that misses its gate (defaults per kind: fp32 agreement >= 99.9%, fp16 >= 99.5%,
+    dynamic >= 99%, int8 drop <= 1 pt and agreement >= 97%). Writes validation.json."""
+    from exporter import manifest as mf
+    from exporter.errors import ValidationFailed
+    from exporter.validate import failure_summary, validate as validate_fn
+
+    run = mf.resolve_run(run)
+    ds = _run_dataset(run, data_dir, test_limit)
+    report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
+                         overrides={"max_drop": max_drop, "min_agreement": min_agreement,
+                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=_progress(json_out))
+    if json_out:
+        _print_json(report)
+    else:
+        _print_validation(report)
+    if not report["passed"]:
+        raise ValidationFailed(f"{failure_summary(report)} (details in {run}/validation.json)")
+
+
+def _print_validation(report: dict) -> None:
+    ref = report["reference"]
+    table = Table(title=f"validation on {report['dataset']['samples']} {report['dataset']['name']} test images "
+                        f"(Keras accuracy {ref['accuracy']:.2%})")
+    for col in ("artifact", "size", "accuracy", "vs Keras", "agreement", "max |diff|", "mean |diff|",
+                "moved most", "gate"):
+        table.add_column(col, justify="left" if col in ("artifact", "moved most", "gate") else "right")
+    for r in report["artifacts"]:
+        moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
+        gate = "[green]pass[/]" if r["passed"] else "[red]FAIL[/] " + "; ".join(r["failures"])
+        size = f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?"
+        table.add_row(r["kind"], size, f"{r['accuracy']:.2%}", f"{r['change_points']:+.2f} pt",
+                      f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}", f"{r['mean_abs_diff']:.1e}", moved, gate)
+    out.print(table)
 
 
 def main() -> None:

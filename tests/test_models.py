@@ -4,6 +4,7 @@ import sys
 
 import pytest
 
+from tests.conftest import BLOCK_TF
 from exporter.models import MODELS, SEED003_FILTERS, SEED003_STAGES, build_model, count_depth
 
 
@@ -77,14 +78,6 @@ def test_input_shape_and_classes_come_from_the_dataset():
     assert m.input_shape == (None, 28, 28, 1) and m.output_shape == (None, 7)
 
 
-BLOCK_TF = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("tensorflow is blocked in this test")
-sys.meta_path.insert(0, Block())
-"""
 
 
 def test_models_build_and_train_under_jax_without_tensorflow(tmp_path):

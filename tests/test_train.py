@@ -12,8 +12,8 @@ from exporter.train import RECIPES, train
 
 
 def test_small_model_learns_real_fashion_mnist(trained_run, fmnist_small):
-    # 3 epochs on 4000 real images: chance is 10%.
-    assert trained_run.test_accuracy > 0.70
+    # 3 epochs on 10000 real images: chance is 10%.
+    assert trained_run.test_accuracy > 0.75
     man = mf.read_manifest(trained_run.run)
     assert man["training"]["test_accuracy"] == pytest.approx(trained_run.test_accuracy)
     assert man["model"]["sha256"] and man["dataset"]["name"] == "fashion_mnist"

@@ -1,0 +1,127 @@
+"""The convert stage: choose kinds from the formats table, export each from the run's reference
+model, and record every artifact in the manifest. The exporters themselves are pure functions in
+exporter/export/; this module owns the run-folder bookkeeping around them."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from exporter import data as data_mod
+from exporter import formats
+from exporter import manifest as mf
+from exporter.errors import OutputExistsError, UsageError
+from exporter.export.source import ExportSource, check_input_matches
+from exporter.fsutil import sha256_file, sha256_path
+from exporter.progress import NULL, Progress
+from exporter.runtimes import load_runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = 500
+
+
+def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Dataset, force: bool = False,
+                 unsafe: bool = False) -> Path:
+    """Make a run folder around an existing model (.keras, legacy .h5, or SavedModel folder).
+    The model is checked (loads, fits the dataset) before anything is written, then copied in."""
+    from exporter.train import staged_run
+
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise UsageError(f"--model {model_path} does not exist")
+    row = formats.kind_for_path(model_path)
+    if row.family not in ("keras", "savedmodel"):
+        raise UsageError(f"--model takes a .keras, .h5 or SavedModel folder, not a {row.family} artifact",
+                         hint="to check an exported file, use `resexport validate`")
+    reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
+    check_input_matches(model_path, reference.input_shape, dataset.input_shape,
+                        classes=dataset.num_classes, model_classes=reference.num_outputs)
+    stem = model_path.stem if model_path.is_file() else model_path.name
+    run = Path(run) if run else mf.artifacts_root() / mf.new_run_name(f"{stem}-import", dataset.name)
+    target = row.filename if row.family == "savedmodel" else f"model{model_path.suffix.lower()}"
+    with staged_run(run, force=force) as tmp:
+        if model_path.is_dir():
+            shutil.copytree(model_path, tmp / target)
+        else:
+            shutil.copy2(model_path, tmp / target)
+        mf.write_manifest(tmp, {
+            "created": mf.now_iso(),
+            "model": {"name": stem, "file": target, "format": row.family, "imported_from": str(model_path),
+                      "sha256": sha256_path(tmp / target), "input_shape": list(dataset.input_shape),
+                      "num_classes": dataset.num_classes, "input_name": "image"},
+            "dataset": dataset.describe(), "versions": mf.library_versions(), "artifacts": {}})
+    return run
+
+
+def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, source_sha: str, calib_hash) -> bool:
+    out = run / kind.filename
+    return bool(entry and out.is_file() and entry.get("source_sha256") == source_sha
+                and entry.get("sha256") == sha256_file(out)
+                and (not kind.needs_calibration or entry.get("calibration", {}).get("indices_sha256") == calib_hash))
+
+
+def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
+            calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
+            progress: Progress = NULL) -> dict:
+    """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
+
+    Existing artifacts made from the same model (and calibration) are kept; ones made from something
+    else are replaced only with force. Each artifact is written atomically and the manifest updated
+    after each, so an interruption keeps everything finished so far consistent."""
+    man = mf.read_manifest(run)
+    ref_path = run / man["model"]["file"]
+    source_sha = sha256_path(ref_path)
+    calibration = None
+    if any(k.needs_calibration for k in kinds):
+        calibration = data_mod.calibration_set(dataset, calib_samples)
+    calib_hash = calibration.hash if calibration else None
+
+    status: dict[str, str] = {}
+    conflicts = []
+    for kind in kinds:
+        entry = man["artifacts"].get(kind.name)
+        if _up_to_date(run, kind, entry, source_sha, calib_hash) and not force:
+            status[kind.name] = "up to date"
+        elif (run / kind.filename).exists() and not force:
+            conflicts.append(kind.filename)
+    if conflicts:
+        raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
+                                "current model and calibration", hint="pass --force to replace them")
+    todo = [k for k in kinds if k.name not in status]
+    if not todo:
+        return status
+
+    source = ExportSource(ref_path, man["model"].get("format", "keras"), tuple(dataset.input_shape), unsafe=unsafe)
+    try:
+        if source.family == "keras":
+            model = source.keras_model()
+            check_input_matches(ref_path, model.input_shape[1:], dataset.input_shape,
+                                classes=dataset.num_classes, model_classes=model.output_shape[-1])
+            source.check_weights_finite()
+        with progress.task("converting", total=len(todo)) as task:
+            for kind in todo:
+                task.describe(kind.name)
+                out = run / kind.filename
+                start = time.perf_counter()
+                details = kind.load_exporter()(source, out, calibration if kind.needs_calibration else None)
+                runner = load_runner(out, kind=kind.name)
+                entry = {
+                    "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,
+                    "bytes": out.stat().st_size, "sha256": sha256_file(out), "source_sha256": source_sha,
+                    **runner.io_details(), "precision": runner.info.get("precision"),
+                    **({"calibration": calibration.describe()} if kind.needs_calibration else {}),
+                    "converter_versions": mf.library_versions(("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")),
+                    **details, "seconds": round(time.perf_counter() - start, 2), "created": mf.now_iso(),
+                }
+                runner.close()
+                man["artifacts"][kind.name] = entry
+                mf.write_manifest(run, man)
+                status[kind.name] = "written"
+                log.info("wrote %s (%d bytes)", out, entry["bytes"])
+                task.advance()
+    finally:
+        source.cleanup()
+    return status

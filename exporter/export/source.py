@@ -1,0 +1,98 @@
+"""What exporters export from: a loaded model plus the shared intermediate forms, computed once."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import InputError, MissingRuntimeError, ModelFileError, require
+
+
+def tensorflow():
+    tf = require("tensorflow", extra="full", purpose="Conversion to TFLite/ONNX")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise MissingRuntimeError(f"conversion needs Keras on the TensorFlow backend, this process runs "
+                                  f"'{keras.backend.backend()}'", hint="unset KERAS_BACKEND or set it to tensorflow")
+    return tf
+
+
+@dataclass
+class ExportSource:
+    path: Path                     # the reference model file or SavedModel folder in the run
+    family: str                    # keras | savedmodel
+    input_shape: tuple[int, ...]   # one image, HWC
+    input_name: str = "image"
+    unsafe: bool = False
+    _model: object = None
+    _saved_model_dir: Path | None = None
+    _onnx_fp32: bytes | None = None
+    _tmp: list = field(default_factory=list)
+
+    def keras_model(self):
+        if self._model is None:
+            from exporter.runtimes.keras import load_keras_model
+
+            self._model = load_keras_model(self.path, unsafe=self.unsafe)
+        return self._model
+
+    def check_weights_finite(self) -> None:
+        if self.family != "keras":
+            return
+        for w in self.keras_model().weights:
+            arr = np.asarray(w)
+            if not np.all(np.isfinite(arr)):
+                raise ModelFileError(f"{self.path}: weight '{w.path}' contains NaN or Inf",
+                                     hint="the model diverged in training; retrain it (lower --lr)")
+
+    def saved_model_dir(self) -> Path:
+        """A SavedModel with a 'serving_default' signature: the form TFLite's converter needs for
+        calibration (variables frozen). Made once per source."""
+        if self.family == "savedmodel":
+            return self.path
+        if self._saved_model_dir is None:
+            tensorflow()
+            tmp = Path(tempfile.mkdtemp(prefix="resexport-sm-"))
+            self._tmp.append(tmp)
+            self.keras_model().export(str(tmp / "sm"), format="tf_saved_model", verbose=False)
+            self._saved_model_dir = tmp / "sm"
+        return self._saved_model_dir
+
+    def serving_function(self):
+        """A tf.function image -> {'probabilities': ...} with a dynamic batch and a named input."""
+        tf = tensorflow()
+        spec = tf.TensorSpec((None, *self.input_shape), tf.float32, name=self.input_name)
+        loaded = tf.saved_model.load(str(self.saved_model_dir()))
+        if "serving_default" not in loaded.signatures:
+            raise ModelFileError(f"{self.path}: SavedModel has no 'serving_default' signature")
+        sig = loaded.signatures["serving_default"]
+        arg = list(sig.structured_input_signature[1])[0]
+
+        @tf.function(input_signature=[spec])
+        def serve(x):
+            return {"probabilities": list(sig(**{arg: x}).values())[0]}
+
+        serve._resexport_keepalive = loaded  # keep the variables alive with the function
+        return serve
+
+    def cleanup(self) -> None:
+        for tmp in self._tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._tmp.clear()
+
+
+def check_input_matches(path: Path, model_shape, dataset_shape, *, classes: int | None = None,
+                        model_classes: int | None = None) -> None:
+    model_shape = tuple(int(d) for d in model_shape if d is not None) if model_shape else None
+    if model_shape and tuple(model_shape) != tuple(dataset_shape):
+        raise InputError(f"{path}: the model takes images of shape {model_shape} but the dataset has "
+                         f"{tuple(dataset_shape)}", hint="pass the matching --dataset")
+    if classes is not None and model_classes is not None and model_classes != classes:
+        raise InputError(f"{path}: the model outputs {model_classes} values but the dataset has {classes} "
+                         "classes: it is not a classifier over this dataset's classes",
+                         hint="pass the matching --dataset")

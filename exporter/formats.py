@@ -1,0 +1,127 @@
+"""The one table of artifact kinds. Every other module asks this table; no other place lists formats.
+
+Each row names its exporter and its runner as "module:attribute" strings, imported only when used,
+so looking up a kind never imports TensorFlow or a runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from exporter.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Validation gates: agreement with the reference (percent of top-1 labels that match), drop in
+    top-1 accuracy (points), largest absolute difference of output probabilities. None = not gated."""
+
+    min_agreement: float | None = None
+    max_drop: float | None = None
+    max_abs_diff: float | None = None
+
+    def override(self, *, min_agreement=None, max_drop=None, max_abs_diff=None) -> "Gates":
+        return replace(self, **{k: v for k, v in (("min_agreement", min_agreement), ("max_drop", max_drop),
+                                                  ("max_abs_diff", max_abs_diff)) if v is not None})
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    name: str            # e.g. "tflite-int8"
+    family: str          # keras | savedmodel | tflite | onnx
+    quantize: str        # none | float16 | dynamic | int8
+    filename: str        # file name inside a run folder
+    exporter: str | None  # "module:function" (source, out_path, calibration) -> dict of details
+    runner: str          # "module:Class" with Class.load(path, ...)
+    gates: Gates
+    description: str
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.quantize == "int8"
+
+    def load_exporter(self):
+        return _load(self.exporter)
+
+    def load_runner_class(self):
+        return _load(self.runner)
+
+
+def _load(dotted: str):
+    module, attr = dotted.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_FP32 = Gates(min_agreement=99.9, max_drop=0.1, max_abs_diff=1e-3)
+_FP16 = Gates(min_agreement=99.5, max_drop=0.3, max_abs_diff=2e-2)
+_DYNAMIC = Gates(min_agreement=99.0, max_drop=0.5)
+_INT8 = Gates(min_agreement=97.0, max_drop=1.0)
+
+_TFL = "exporter.export.tflite"
+_ONX = "exporter.export.onnx"
+_RT = "exporter.runtimes"
+
+KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
+    ArtifactKind("keras", "keras", "none", "model.keras", None, f"{_RT}.keras:KerasRunner", Gates(),
+                 "the Keras original (reference)"),
+    ArtifactKind("savedmodel", "savedmodel", "none", "saved_model", None, f"{_RT}.keras:SavedModelRunner",
+                 Gates(), "a TensorFlow SavedModel (reference when imported)"),
+    ArtifactKind("tflite-fp32", "tflite", "none", "model_fp32.tflite", f"{_TFL}:export_fp32",
+                 f"{_RT}.tflite:TFLiteRunner", _FP32, "TFLite, float32"),
+    ArtifactKind("tflite-fp16", "tflite", "float16", "model_fp16.tflite", f"{_TFL}:export_fp16",
+                 f"{_RT}.tflite:TFLiteRunner", _FP16, "TFLite, float16 weights (float32 compute on CPU)"),
+    ArtifactKind("tflite-dynamic", "tflite", "dynamic", "model_dynamic.tflite", f"{_TFL}:export_dynamic",
+                 f"{_RT}.tflite:TFLiteRunner", _DYNAMIC, "TFLite, int8 weights, dynamic-range activations"),
+    ArtifactKind("tflite-int8", "tflite", "int8", "model_int8.tflite", f"{_TFL}:export_int8",
+                 f"{_RT}.tflite:TFLiteRunner", _INT8, "TFLite, full integer: int8 input, output, weights, activations"),
+    ArtifactKind("onnx-fp32", "onnx", "none", "model.onnx", f"{_ONX}:export_fp32",
+                 f"{_RT}.onnx:OnnxRunner", _FP32, "ONNX, float32, dynamic batch"),
+    ArtifactKind("onnx-fp16", "onnx", "float16", "model_fp16.onnx", f"{_ONX}:export_fp16",
+                 f"{_RT}.onnx:OnnxRunner", _FP16, "ONNX, float16 inside, float32 input/output"),
+    ArtifactKind("onnx-int8", "onnx", "int8", "model_int8.onnx", f"{_ONX}:export_int8",
+                 f"{_RT}.onnx:OnnxRunner", _INT8, "ONNX Runtime static quantisation: QDQ, per-channel, calibrated"),
+)}
+
+EXPORTABLE = [k for k in KINDS.values() if k.exporter]
+FORMAT_CHOICES = ("tflite", "onnx", "all")
+QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8", "all")
+SUFFIX_FAMILY = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".tflite": "tflite", ".onnx": "onnx"}
+
+
+def select(fmt: str, quantize: str) -> list[ArtifactKind]:
+    """The kinds a `convert --format F --quantize Q` asks for, in table order."""
+    if fmt not in FORMAT_CHOICES:
+        raise UsageError(f"unknown --format '{fmt}'", hint=f"choose one of: {', '.join(FORMAT_CHOICES)}")
+    if quantize not in QUANTIZE_CHOICES:
+        raise UsageError(f"unknown --quantize '{quantize}'", hint=f"choose one of: {', '.join(QUANTIZE_CHOICES)}")
+    chosen = [k for k in EXPORTABLE if fmt in ("all", k.family) and quantize in ("all", k.quantize)]
+    if not chosen:
+        have = ", ".join(k.name for k in EXPORTABLE)
+        raise UsageError(f"no artifact kind is --format {fmt} --quantize {quantize}", hint=f"available: {have}")
+    return chosen
+
+
+def get(name: str) -> ArtifactKind:
+    if name not in KINDS:
+        raise UsageError(f"unknown artifact kind '{name}'", hint=f"choose from: {', '.join(KINDS)}")
+    return KINDS[name]
+
+
+def family_of_path(path: Path) -> str:
+    path = Path(path)
+    if path.is_dir():
+        return "savedmodel"
+    family = SUFFIX_FAMILY.get(path.suffix.lower())
+    if family is None:
+        raise UsageError(f"{path}: cannot tell the model format from the suffix '{path.suffix}'",
+                         hint="expected .keras, .h5, .tflite, .onnx or a SavedModel folder")
+    return family
+
+
+def kind_for_path(path: Path) -> ArtifactKind:
+    """The table row for a bare file: the first row of its family (all rows of a family share a
+    runner; the runner reads precision and quantisation from the file itself)."""
+    family = family_of_path(path)
+    return next(k for k in KINDS.values() if k.family == family)

@@ -1,0 +1,94 @@
+"""The Runner interface: what validate and bench see of any artifact.
+
+    runner = load_runner(path, device="cpu", threads=None)
+    probs = runner.predict(x)        # x: float32 NHWC in 0..1, any batch -> float32 probabilities
+    runner.info                      # engine, device, provider actually used, precision, quant params
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import ModelFileError
+
+MAGIC = {  # what the first bytes of each family's files look like
+    "tflite": lambda b: len(b) >= 8 and b[4:8] == b"TFL3",
+    "keras": lambda b: b[:4] == b"PK\x03\x04" or b[:8] == b"\x89HDF\r\n\x1a\n",
+    "onnx": lambda b: len(b) > 0 and b[:1] in (b"\x08", b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"),
+}
+FAMILY_BY_MAGIC = (("tflite", "a TFLite flatbuffer"), ("keras", "a Keras archive or HDF5 file"))
+
+
+def check_file(path: Path, family: str) -> None:
+    """Refuse empty files and files whose content contradicts their suffix, naming both."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist")
+    if path.is_dir():
+        return
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes)", hint="re-create it with `resexport convert --force`")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if MAGIC[family](head):
+        return
+    for other, what in FAMILY_BY_MAGIC:
+        if other != family and MAGIC[other](head):
+            raise ModelFileError(f"{path}: the suffix says {family} but the content is {what}",
+                                 hint="rename the file to its real format")
+    raise ModelFileError(f"{path} is not a valid {family} file (unrecognised header {head[:8].hex()})",
+                         hint="the file is corrupt or truncated; re-create it")
+
+
+class Runner(abc.ABC):
+    """One loaded artifact. Subclasses implement `load` and `_predict` (one batch)."""
+
+    engine: str = "?"
+
+    def __init__(self, path: Path, *, device: str, info: dict):
+        self.path = Path(path)
+        self.device = device
+        self.info = {"engine": self.engine, "device": device, "path": str(path), **info}
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, path: Path, *, device: str = "cpu", threads: int | None = None, **options) -> "Runner":
+        ...
+
+    @abc.abstractmethod
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        """One batch: float32 NHWC in 0..1 -> float32 (batch, classes)."""
+
+    @property
+    @abc.abstractmethod
+    def input_shape(self) -> tuple:
+        """One image's shape (H, W, C), as the artifact declares it."""
+
+    @property
+    @abc.abstractmethod
+    def num_outputs(self) -> int | None:
+        """Classes the artifact outputs, if it declares them."""
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        y = self._predict(x)
+        return np.asarray(y, dtype=np.float32).reshape(len(x), -1)
+
+    def predict_batched(self, x: np.ndarray, batch_size: int = 256, task=None) -> np.ndarray:
+        outs = []
+        for i in range(0, len(x), batch_size):
+            outs.append(self.predict(x[i: i + batch_size]))
+            if task is not None:
+                task.advance(min(batch_size, len(x) - i))
+        return np.concatenate(outs) if outs else np.zeros((0, self.num_outputs or 0), np.float32)
+
+    def io_details(self) -> dict:
+        """Input/output names, shapes, dtypes, quantisation: recorded in the manifest."""
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,145 @@
+"""Keras runner (the reference) and SavedModel runner. Keras runs on whatever backend is active
+(TensorFlow, JAX, torch); only the SavedModel runner needs TensorFlow."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import InputError, MissingRuntimeError, ModelFileError, require
+from exporter.runtimes.base import Runner, check_file
+
+
+def load_keras_model(path: Path, *, unsafe: bool = False):
+    """Load a .keras or legacy .h5 model; safe mode on unless `unsafe` (Lambda layers run code)."""
+    keras = require("keras", extra="full", purpose="Loading a Keras model")
+    check_file(path, "keras")
+    try:
+        return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        if "safe_mode" in text or "Lambda" in text:
+            raise InputError(f"{path} contains a Lambda layer, which runs arbitrary code and is refused "
+                             "in Keras safe mode", hint="if you trust the file, pass --unsafe") from exc
+        raise ModelFileError(f"cannot load {path}: {text[:300]}") from exc
+    except TypeError as exc:
+        text = " ".join(str(exc).split())
+        raise InputError(f"{path} uses a custom object Keras does not know ({text[:200]})",
+                         hint="register it with keras.saving.register_keras_serializable, or re-save the "
+                              "model without it") from exc
+    except Exception as exc:  # zip/HDF5 corruption surfaces as many types
+        raise ModelFileError(f"cannot load {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                             hint="the file is corrupt or truncated; re-create it") from exc
+
+
+def accelerator_available() -> str | None:
+    """Name of a GPU the active Keras backend can use, else None."""
+    import keras
+
+    backend = keras.backend.backend()
+    with contextlib.suppress(Exception):
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return gpus[0].name if gpus else None
+        if backend == "jax":
+            import jax
+
+            gpus = [d for d in jax.devices() if d.platform == "gpu"]
+            return str(gpus[0].device_kind) if gpus else None
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return None
+
+
+class KerasRunner(Runner):
+    """mode 'compiled' calls model.predict_on_batch (the backend's compiled predict function);
+    mode 'predict' calls model.predict (what users often write: data adapter + callbacks each call)."""
+
+    engine = "keras"
+
+    def __init__(self, path, model, *, device, mode):
+        import keras
+
+        self.model, self.mode = model, mode
+        self._scope = "gpu:0" if device == "gpu" else "cpu:0"
+        super().__init__(path, device=device, info={
+            "backend": keras.backend.backend(), "provider": f"keras-{keras.backend.backend()} ({self._scope})",
+            "precision": "float32", "mode": mode, "threads": None})
+
+    @classmethod
+    def load(cls, path, *, device="cpu", threads=None, mode="compiled", unsafe=False, **_):
+        keras = require("keras", extra="full", purpose="The Keras runner")
+        if device == "gpu":
+            name = accelerator_available()
+            if name is None:
+                raise MissingRuntimeError(f"--device gpu: Keras backend '{keras.backend.backend()}' sees no GPU here",
+                                          hint="run on a machine with a GPU (e.g. KERAS_BACKEND=jax with jax[cuda])")
+        return cls(path, load_keras_model(Path(path), unsafe=unsafe), device=device, mode=mode)
+
+    @property
+    def input_shape(self):
+        return tuple(self.model.input_shape[1:])
+
+    @property
+    def num_outputs(self):
+        return self.model.output_shape[-1]
+
+    def _predict(self, x):
+        import keras
+
+        with keras.device(self._scope):
+            if self.mode == "predict":
+                return self.model.predict(x, verbose=0, batch_size=len(x))
+            return keras.ops.convert_to_numpy(self.model.predict_on_batch(x))
+
+    def io_details(self):
+        return {"inputs": [{"name": self.model.inputs[0].name, "shape": list(self.model.input_shape),
+                            "dtype": "float32"}],
+                "outputs": [{"name": "probabilities", "shape": list(self.model.output_shape), "dtype": "float32"}]}
+
+
+class SavedModelRunner(Runner):
+    engine = "tensorflow-savedmodel"
+
+    def __init__(self, path, fn, arg, in_shape, out_dim, *, device):
+        self._fn, self._arg, self._in, self._out = fn, arg, in_shape, out_dim
+        super().__init__(path, device=device, info={"provider": "tensorflow", "precision": "float32", "threads": None})
+
+    @classmethod
+    def load(cls, path, *, device="cpu", threads=None, **_):
+        tf = require("tensorflow", extra="full", purpose="Running a SavedModel")
+        path = Path(path)
+        if not (path / "saved_model.pb").is_file():
+            raise ModelFileError(f"{path} is not a SavedModel folder (no saved_model.pb)")
+        if not (path / "variables").is_dir():
+            raise ModelFileError(f"{path}: SavedModel folder is missing its variables/ folder",
+                                 hint="copy the whole SavedModel folder")
+        if device == "gpu" and not tf.config.list_physical_devices("GPU"):
+            raise MissingRuntimeError("--device gpu: TensorFlow sees no GPU here")
+        try:
+            loaded = tf.saved_model.load(str(path))
+            fn = loaded.signatures["serving_default"]
+        except Exception as exc:
+            raise ModelFileError(f"cannot load SavedModel {path}: {type(exc).__name__}: "
+                                 f"{' '.join(str(exc).split())[:300]}") from exc
+        fn._keepalive = loaded
+        arg, spec = list(fn.structured_input_signature[1].items())[0]
+        out_spec = list(fn.structured_outputs.values())[0]
+        return cls(path, fn, arg, tuple(spec.shape[1:]), out_spec.shape[-1], device=device)
+
+    @property
+    def input_shape(self):
+        return self._in
+
+    @property
+    def num_outputs(self):
+        return self._out
+
+    def _predict(self, x):
+        return list(self._fn(**{self._arg: x}).values())[0].numpy()

@@ -1,0 +1,95 @@
+"""TFLite runner on ai-edge-litert (never TensorFlow). XNNPACK is LiteRT's default CPU delegate.
+Batches by resizing the input tensor. int8 models: the float input is quantised, and the int8
+output dequantised, with the parameters stored in the file itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from exporter.errors import MissingRuntimeError, ModelFileError, require
+from exporter.runtimes.base import Runner, check_file
+
+
+def _quant(detail: dict) -> dict | None:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return {"scale": float(scale), "zero_point": int(zero)} if scale else None
+
+
+class TFLiteRunner(Runner):
+    engine = "litert"
+
+    def __init__(self, path, interp, *, device, threads):
+        self.interp = interp
+        self._in = interp.get_input_details()[0]
+        self._out = interp.get_output_details()[0]
+        self._batch = None
+        self._in_q, self._out_q = _quant(self._in), _quant(self._out)
+        dtype = np.dtype(self._in["dtype"]).name
+        super().__init__(path, device=device, info={
+            "provider": "XNNPACK (LiteRT default CPU delegate)", "threads": threads,
+            "precision": "int8" if dtype == "int8" else "float32-io",
+            "input_dtype": dtype, "output_dtype": np.dtype(self._out["dtype"]).name,
+            "input_quantization": self._in_q, "output_quantization": self._out_q})
+
+    @classmethod
+    def load(cls, path, *, device="cpu", threads=None, **_):
+        if device != "cpu":
+            raise MissingRuntimeError("TFLite (ai-edge-litert) has no GPU path on a Linux desktop/server: its GPU "
+                                      "delegate is for Android/iOS", hint="benchmark .tflite with --device cpu")
+        litert = require("ai_edge_litert.interpreter", extra="litert", purpose="Running .tflite files")
+        check_file(Path(path), "tflite")
+        try:
+            interp = litert.Interpreter(model_path=str(path), num_threads=threads)
+            interp.allocate_tensors()
+        except Exception as exc:  # ValueError / RuntimeError from the flatbuffer verifier
+            raise ModelFileError(f"cannot load {path}: {' '.join(str(exc).split())[:300]}",
+                                 hint="the file is corrupt or truncated; re-create it") from exc
+        return cls(path, interp, device=device, threads=threads)
+
+    @property
+    def input_shape(self):
+        return tuple(int(d) for d in self._in["shape_signature"][1:])
+
+    @property
+    def num_outputs(self):
+        return int(self._out["shape_signature"][-1])
+
+    def _resize(self, n: int) -> None:
+        if n != self._batch:
+            self.interp.resize_tensor_input(self._in["index"], [n, *self.input_shape], strict=False)
+            self.interp.allocate_tensors()
+            self._batch = n
+
+    def _predict(self, x):
+        self._resize(len(x))
+        if self._in_q:  # int8 input: quantise with the file's own scale and zero point
+            info = np.iinfo(self._in["dtype"])
+            x = np.clip(np.round(x / self._in_q["scale"] + self._in_q["zero_point"]), info.min, info.max)
+            x = x.astype(self._in["dtype"])
+        self.interp.set_tensor(self._in["index"], x)
+        self.interp.invoke()
+        y = self.interp.get_tensor(self._out["index"])
+        if self._out_q:
+            y = (y.astype(np.float32) - self._out_q["zero_point"]) * np.float32(self._out_q["scale"])
+        return y
+
+    def io_details(self):
+        def one(d):
+            return {"name": d["name"], "shape": [int(v) for v in d["shape_signature"]],
+                    "dtype": np.dtype(d["dtype"]).name, "quantization": _quant(d)}
+
+        return {"inputs": [one(self._in)], "outputs": [one(self._out)]}
+
+
+class RawTFLiteRunner(TFLiteRunner):
+    """Feeds the input tensor as given, without quantising it: what a careless integration does
+    with an int8 model. Used by tests to prove validation catches it."""
+
+    def _predict(self, x):
+        self._resize(len(x))
+        self.interp.set_tensor(self._in["index"], x.astype(self._in["dtype"]))
+        self.interp.invoke()
+        y = self.interp.get_tensor(self._out["index"])
+        return (y.astype(np.float32) - self._out_q["zero_point"]) * self._out_q["scale"] if self._out_q else y

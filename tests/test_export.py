@@ -1,0 +1,158 @@
+"""Issue 3: every kind converts, runs in its own runtime, and passes validation against Keras."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from exporter import formats
+from exporter import manifest as mf
+from exporter.cli import app
+from exporter.runtimes import load_runner
+from exporter.runtimes.tflite import RawTFLiteRunner
+from exporter.validate import validate
+from tests.conftest import BLOCK_TF
+
+KINDS = [k.name for k in formats.EXPORTABLE]
+
+
+def test_every_kind_passes_validation_on_the_full_test_set(converted_run, fmnist):
+    result = CliRunner().invoke(app, ["validate", "--run", str(converted_run), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["samples"] == 10000 and report["passed"]
+    assert [r["kind"] for r in report["artifacts"]] == KINDS
+    by = {r["kind"]: r for r in report["artifacts"]}
+    assert by["tflite-fp32"]["agreement"] >= 99.9 and by["onnx-fp32"]["max_abs_diff"] < 1e-3
+    assert by["tflite-int8"]["runner"]["input_quantization"]["scale"] > 0
+    assert by["onnx-fp32"]["runner"]["provider"] == "CPUExecutionProvider"
+    assert json.loads((converted_run / "validation.json").read_text())["passed"]
+
+
+def test_manifest_records_each_artifact(converted_run):
+    man = mf.read_manifest(converted_run)
+    for name in KINDS:
+        e = man["artifacts"][name]
+        assert (converted_run / e["file"]).stat().st_size == e["bytes"]
+        assert e["source_sha256"] == man["model"]["sha256"] and len(e["sha256"]) == 64
+        assert e["inputs"][0]["shape"][1:] == [28, 28, 1]
+    int8 = man["artifacts"]["tflite-int8"]
+    assert int8["inputs"][0]["dtype"] == "int8" and int8["outputs"][0]["quantization"]["scale"] > 0
+    assert int8["calibration"] == man["artifacts"]["onnx-int8"]["calibration"]
+    assert int8["calibration"]["count"] == 500 and int8["calibration"]["split"] == "train"
+    assert man["artifacts"]["onnx-fp32"]["opset"] == 17
+    assert man["artifacts"]["onnx-fp32"]["inputs"][0]["shape"][0] == "batch"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batch_1_and_batch_n_agree(converted_run, fmnist_small, kind):
+    runner = load_runner(converted_run / formats.get(kind).filename, kind=kind)
+    x = fmnist_small.x_test[:8]
+    batched = runner.predict(x)
+    singles = np.concatenate([runner.predict(x[i: i + 1]) for i in range(len(x))])
+    assert batched.shape == (8, 10)
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+
+
+def test_int8_fed_without_input_quantisation_is_caught(converted_run, fmnist):
+    raw = RawTFLiteRunner.load(converted_run / "model_int8.tflite")
+    report = validate(run=converted_run, dataset=fmnist, kinds=["tflite-int8"], runners={"tflite-int8": raw})
+    assert not report["passed"]
+    assert any("agreement" in f for f in report["artifacts"][0]["failures"])
+
+
+def test_perturbed_weights_fail_with_exit_4(converted_run, tmp_path):
+    import onnx
+
+    run = tmp_path / "perturbed"
+    shutil.copytree(converted_run, run)
+    model = onnx.load(run / "model.onnx")
+    rng = np.random.default_rng(0)
+    for init in model.graph.initializer:
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.dtype == np.float32 and arr.ndim == 4:  # conv kernels
+            init.CopyFrom(onnx.numpy_helper.from_array(arr + rng.normal(0, arr.std() * 0.8, arr.shape).astype(np.float32), init.name))
+    onnx.save(model, run / "model.onnx")
+    result = CliRunner().invoke(app, ["validate", "--run", str(run), "--artifacts", "onnx-fp32,tflite-fp32"])
+    assert result.exit_code == 4
+    assert "onnx-fp32" in result.output and "agreement" in result.output and "tflite-fp32:" not in result.output
+
+
+def test_int8_is_at_most_0_3x_fp32_on_a_seed_model(tmp_path):
+    """Size depends on the architecture, not training: residual12 (seed 003) imported from .keras."""
+    from exporter.models import build_model
+
+    path = tmp_path / "residual12.keras"
+    build_model("residual12", (28, 28, 1), 10).save(path)
+    result = CliRunner().invoke(app, ["convert", "--model", str(path), "--run", str(tmp_path / "r"),
+                                      "--quantize", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["convert", "--run", str(tmp_path / "r"), "--quantize", "int8", "--json",
+                                      "--calib-samples", "50"])
+    assert result.exit_code == 0, result.output
+    man = mf.read_manifest(tmp_path / "r")
+    a = man["artifacts"]
+    assert a["tflite-int8"]["bytes"] <= 0.3 * a["tflite-fp32"]["bytes"]
+    assert a["onnx-int8"]["bytes"] <= 0.3 * a["onnx-fp32"]["bytes"]
+
+
+@pytest.mark.parametrize("form", ["h5", "savedmodel"])
+def test_legacy_h5_and_savedmodel_inputs_convert_and_validate(trained_run, tmp_path, form):
+    import keras
+
+    model = keras.saving.load_model(trained_run.run / "model.keras")
+    src = tmp_path / ("m.h5" if form == "h5" else "sm")
+    model.save(src) if form == "h5" else model.export(str(src), verbose=False)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["convert", "--model", str(src), "--run", str(run), "--format", "all",
+                                 "--quantize", "none"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["validate", "--run", str(run), "--test-limit", "2000", "--json"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(r.stdout)
+    assert {a["kind"] for a in report["artifacts"]} == {"tflite-fp32", "onnx-fp32"}
+    assert report["reference"]["kind"] == ("keras" if form == "h5" else "savedmodel")
+
+
+def test_converting_again_keeps_up_to_date_artifacts(converted_run):
+    before = mf.read_manifest(converted_run)["artifacts"]["tflite-fp32"]["sha256"]
+    r = CliRunner().invoke(app, ["convert", "--run", str(converted_run), "--format", "tflite", "--quantize", "none", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["artifacts"][0]["status"] == "up to date"
+    assert mf.read_manifest(converted_run)["artifacts"]["tflite-fp32"]["sha256"] == before
+
+
+def test_validate_runs_on_an_edge_box_without_tensorflow(converted_run, tmp_path):
+    """Only the runtimes: loading and validating .tflite/.onnx works with TensorFlow import blocked
+    (the reference comes from the cached outputs an earlier validation wrote)."""
+    run = tmp_path / "edge"
+    shutil.copytree(converted_run, run)
+    code = BLOCK_TF + (
+        "from exporter.cli import main; import sys\n"
+        "sys.argv = ['resexport', 'validate', '--run', sys.argv[1], '--artifacts', 'tflite-int8,onnx-fp32,onnx-int8', '--json']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'tensorflow' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["passed"] and report["reference"]["source"] == "cache"
+    assert {a["runner"]["engine"] for a in report["artifacts"]} == {"litert", "onnxruntime"}
+
+
+def test_onnx_and_tflite_exports_are_byte_identical(trained_run, tmp_path, fmnist):
+    from exporter.convert import convert
+
+    for name in ("a", "b"):
+        shutil.copytree(trained_run.run, tmp_path / name, ignore=shutil.ignore_patterns("*.tflite", "*.onnx"))
+        m = mf.read_manifest(tmp_path / name)
+        m["artifacts"] = {}
+        mf.write_manifest(tmp_path / name, m)
+        convert(run=tmp_path / name, kinds=formats.select("all", "all"), dataset=fmnist, calib_samples=100)
+    for kind in formats.EXPORTABLE:
+        assert (tmp_path / "a" / kind.filename).read_bytes() == (tmp_path / "b" / kind.filename).read_bytes(), kind.name
