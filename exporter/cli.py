@@ -318,6 +318,191 @@ def _print_validation(report: dict) -> None:
     out.print(table)
 
 
+# ------------------------------------------------------------------------------ bench
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    from exporter.errors import UsageError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated whole numbers, got '{text}'") from None
+    if not values:
+        raise UsageError(f"{flag} is empty")
+    return values
+
+
+@app.command()
+@_boundary
+def bench(
+    run: Optional[Path] = RUN_OPT,
+    artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to time (default: all; "
+                                                  "the Keras reference is always timed too, unless --no-reference)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or gpu. On gpu, targets without a GPU path are "
+                               "listed as skipped with the reason (never timed on the CPU instead)."),
+    batch: str = typer.Option("1,8,64", "--batch", help="Batch sizes, comma-separated."),
+    threads: Optional[int] = THREADS_OPT,
+    warmup: int = typer.Option(5, "--warmup", help="Untimed calls before timing."),
+    min_runs: int = typer.Option(20, "--min-runs", help="Timed calls per target and batch, at least."),
+    min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per target and batch, at least."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 5) instead of skipping a target that cannot "
+                                "run on --device."),
+    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the Keras original "
+                                   "(model.predict and the compiled predict_on_batch)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Time every artifact and the Keras original on real test images: p50/p90/p99/mean/std latency,
+    throughput, cold start (load + first inference), memory increase, engine and provider used.
+    Writes bench.json."""
+    from exporter import manifest as mf
+    from exporter.bench import BenchConfig, bench as bench_fn
+
+    run = mf.resolve_run(run)
+    cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
+                      threads=threads, device=device)
+    if device not in ("cpu", "gpu"):
+        from exporter.errors import UsageError
+
+        raise UsageError(f"unknown --device '{device}'", hint="use cpu or gpu")
+    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir), kinds=_split(artifacts), cfg=cfg, strict=strict,
+                      include_reference=reference, progress=_progress(json_out))
+    if json_out:
+        _print_json(report)
+        return
+    env = report["environment"]
+    table = Table(title=f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores)"
+                        + (f", GPU {env['gpu']}" if env.get("gpu") else ""))
+    for col in ("target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s", "cold start ms",
+                "vs predict", "vs compiled", "provider", "threads"):
+        table.add_column(col, justify="left" if col in ("target", "provider") else "right")
+    for r in report["results"]:
+        table.add_row(r["target"], str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
+                      f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", f"{r['throughput_ips']:.0f}",
+                      f"{r['cold_start_ms']:.0f}", f"{r.get('speedup_vs_keras_predict', float('nan')):.1f}x",
+                      f"{r.get('speedup_vs_keras_compiled', float('nan')):.1f}x", str(r["provider"]),
+                      str(r["threads"] or "default"))
+    for s in report["skipped"]:
+        table.add_row(s["target"], "-", "skipped", "", "", "", "", "", "", "", s["reason"][:90], "")
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------ report
+
+@app.command()
+@_boundary
+def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
+    """Join manifest, validation and bench results into report.md and report.png (accuracy vs
+    latency, marker size by file size, Keras marked) and print the table."""
+    from exporter import manifest as mf
+    from exporter.report import write_report
+
+    table = write_report(mf.resolve_run(run))
+    if json_out:
+        _print_json(table)
+    else:
+        _print_report(table)
+
+
+def _print_report(table: dict) -> None:
+    t = Table(title=f"{table['model']} on {table['dataset']}: {table['markdown']}")
+    for col in ("artifact", "size", "accuracy", "vs Keras", "agreement", "p50 ms (b=1)", "speed-up vs predict", "gate"):
+        t.add_column(col, justify="left" if col in ("artifact", "gate") else "right")
+
+    def f(v, spec):
+        return "–" if v is None else format(v, spec)
+
+    for r in table["rows"]:
+        gate = "reference" if r["reference"] else {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "–"}[r["passed"]]
+        t.add_row(r["kind"], f(r["bytes"] and r["bytes"] / 1024, ".1f") + " KiB", f(r["accuracy"] and 100 * r["accuracy"], ".2f") + "%",
+                  f(r["change_points"], "+.2f"), f(r["agreement"], ".2f") + "%", f(r["p50_ms_b1"], ".3f"),
+                  f(r["speedup_vs_keras_predict"], ".1f") + "x", gate)
+    out.print(t)
+    if table.get("plot"):
+        out.print(f"plot: {table['plot']}")
+
+
+# ------------------------------------------------------------------------------ pipeline
+
+@app.command()
+@_boundary
+def pipeline(
+    model: str = typer.Option("resmini", "--model", "-m", help="Registry model to train."),
+    dataset: str = typer.Option("fashion_mnist", "--dataset", "-d", help="Dataset."),
+    recipe: str = typer.Option("fast", "--recipe", help="Training recipe: fast (CPU default) or seed."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder (default artifacts/<model>-<dataset>-pipeline)."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset (quick runs)."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Validate/bench on a stratified test subset."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage even if its inputs are unchanged."),
+    data_dir: Optional[Path] = DATA_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """The whole job, no flags needed: train the default model on Fashion-MNIST -> convert to every
+    kind -> validate on the full test set -> bench on CPU -> report. Stages whose inputs are
+    unchanged (by hash) are re-used. Exits 4 if an artifact fails validation."""
+    from exporter.errors import ValidationFailed
+    from exporter.pipeline import PipelineConfig, run_pipeline
+    from exporter.train import resolve_recipe
+
+    cfg = PipelineConfig(model=model, dataset=dataset, recipe=resolve_recipe(recipe, epochs=epochs),
+                         train_limit=train_limit, test_limit=test_limit)
+
+    def on_stage(name, status, seconds):
+        if not json_out:
+            err.print(f"[bold]{name}[/]: {status} ({seconds:.1f}s)")
+
+    result = run_pipeline(cfg, run=run, force=force, data_dir=data_dir, progress=_progress(json_out), on_stage=on_stage)
+    if json_out:
+        _print_json({k: v for k, v in result.items() if k != "report"} | {"report": result["report"].get("markdown")})
+    else:
+        _print_report(result["report"])
+    if not result["validation_passed"]:
+        raise ValidationFailed(f"an artifact failed validation (details in {result['run']}/validation.json)")
+
+
+# ------------------------------------------------------------------------------ experiment
+
+experiment_app = typer.Typer(help="Studies from the source documents.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("depth")
+@_boundary
+def experiment_depth(
+    out_dir: Path = typer.Option(Path("artifacts/depth-study"), "--out", help="Folder for depth.json/.md/.png "
+                                 "and the runs."),
+    depths: str = typer.Option("12,20,32,50", "--depths", help="Depths to train (each as plain and residual)."),
+    recipe: str = typer.Option("seed", "--recipe", help="seed (25 epochs, batch 150, Adam 1e-4 decay 1e-6: the "
+                               "seed's settings) or fast."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset."),
+    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
+    device_note: str = typer.Option("", "--device-note", help="Where it ran (recorded in the results)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Seed 003's study: plain vs residual CNNs at 12/20/32/50 layers on Fashion-MNIST, beside the
+    seed's reported accuracies. Writes depth.json, depth.md and depth.png."""
+    from exporter import data as data_mod
+    from exporter.experiment import depth_study
+    from exporter.train import resolve_recipe
+
+    ds = data_mod.load_dataset("fashion_mnist", data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+
+    def on_model(name, acc, seconds):
+        if not json_out:
+            err.print(f"{name}: {acc:.2%} ({seconds:.0f}s)")
+
+    doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs), dataset=ds,
+                      depths=_ints(depths, "--depths"), device_note=device_note, progress=_progress(json_out),
+                      on_model=on_model)
+    if json_out:
+        _print_json(doc)
+    else:
+        out.print((out_dir / "depth.md").read_text())
+
+
 def main() -> None:
     app()
 
