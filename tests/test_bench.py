@@ -1,0 +1,114 @@
+"""Issue 4: the timing loop's statistics, the bench JSON, GPU requests without a GPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from exporter.bench import BenchConfig, bench, latency_stats, time_calls
+from exporter.cli import app
+from exporter.errors import MissingRuntimeError
+from exporter.runtimes.onnx import choose_providers
+from tests.conftest import BLOCK_TF
+
+
+class FakeClock:
+    """A clock that only moves when the fake runner 'works': exact, repeatable timings."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_loop_statistics_on_a_fake_runner_with_known_delays():
+    clock = FakeClock()
+    delays = [0.001, 0.002, 0.003, 0.004]  # seconds, cycled
+    seen = []
+
+    def runner(x):
+        seen.append(len(x))
+        clock.now += delays[len(seen) % 4]
+
+    cfg = BenchConfig(warmup=3, min_runs=400, min_time=0.0)
+    stats = time_calls(runner, np.zeros((100, 2), np.float32), 8, cfg, clock=clock)
+    assert stats["runs"] == 400 and len(seen) == 403 and set(seen) == {8}
+    assert stats["mean_ms"] == pytest.approx(2.5)
+    assert stats["min_ms"] == pytest.approx(1.0) and stats["p99_ms"] == pytest.approx(4.0)
+    assert stats["p50_ms"] == pytest.approx(2.5)
+    assert stats["throughput_ips"] == pytest.approx(8 / 0.0025)
+    assert stats["std_ms"] == pytest.approx(np.std([1, 2, 3, 4]))
+
+
+def test_loop_honours_min_time_and_max_time():
+    clock = FakeClock()
+
+    def runner(x):
+        clock.now += 0.125  # exact in binary floating point
+
+    assert time_calls(runner, np.zeros((4, 1)), 1, BenchConfig(warmup=0, min_runs=1, min_time=1.0), clock=clock)["runs"] == 8
+    capped = BenchConfig(warmup=0, min_runs=10_000, min_time=0.0, max_time=2.0)
+    assert time_calls(runner, np.zeros((4, 1)), 1, capped, clock=clock)["runs"] == 16
+
+
+def test_latency_stats_percentiles():
+    s = latency_stats([i / 1000 for i in range(1, 101)], batch=4)
+    assert s["p50_ms"] == pytest.approx(50.5) and s["p90_ms"] == pytest.approx(90.1)
+    assert s["throughput_ips"] == pytest.approx(4 / 0.0505)
+
+
+def test_bench_json_schema(converted_run, fmnist_small):
+    cfg = BenchConfig(batches=(1, 4), warmup=1, min_runs=3, min_time=0.0)
+    rep = bench(run=converted_run, dataset=fmnist_small, cfg=cfg, kinds=["tflite-int8", "onnx-fp32"])
+    on_disk = json.loads((converted_run / "bench.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(rep["results"]))
+    assert {r["target"] for r in rep["results"]} == {"keras (predict)", "keras (compiled)", "tflite-int8", "onnx-fp32"}
+    keys = {"target", "kind", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips",
+            "cold_start_ms", "load_ms", "first_inference_ms", "rss_increase_mb", "engine", "provider", "device",
+            "threads", "precision", "speedup_vs_keras_predict", "speedup_vs_keras_compiled"}
+    for r in rep["results"]:
+        assert keys <= set(r), keys - set(r)
+        assert r["runs"] >= 3 and r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"]
+    env = rep["environment"]
+    assert env["cores"] >= 1 and env["cpu"] and "onnxruntime" in env["versions"]
+    assert rep["skipped"] == []
+
+
+def test_gpu_without_a_gpu_is_a_clear_error(converted_run):
+    r = CliRunner().invoke(app, ["bench", "--run", str(converted_run), "--device", "gpu", "--batch", "1",
+                                 "--min-runs", "1", "--min-time", "0"])
+    assert r.exit_code == 5, r.output
+    assert "nothing could run on --device gpu" in r.output and "onnxruntime-gpu" in r.output
+    assert "Traceback" not in r.output
+    strict = CliRunner().invoke(app, ["bench", "--run", str(converted_run), "--device", "gpu", "--strict",
+                                      "--artifacts", "onnx-fp32", "--no-reference"])
+    assert strict.exit_code == 5 and "onnxruntime-gpu" in strict.output
+
+
+def test_onnx_gpu_providers_are_explicit():
+    assert choose_providers("gpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == ["CUDAExecutionProvider"]
+    assert choose_providers("gpu", ["TensorrtExecutionProvider", "CUDAExecutionProvider"], "TensorrtExecutionProvider") \
+        == ["TensorrtExecutionProvider"]
+    with pytest.raises(MissingRuntimeError) as info:
+        choose_providers("gpu", ["CPUExecutionProvider"])
+    assert "pip install onnxruntime-gpu" in info.value.one_line()
+
+
+def test_bench_on_an_edge_box_without_tensorflow(converted_run):
+    code = BLOCK_TF + (
+        "from exporter.cli import main; import sys\n"
+        "sys.argv = ['resexport', 'bench', '--run', sys.argv[1], '--artifacts', 'tflite-fp32,onnx-int8', '--batch', '1',"
+        " '--min-runs', '2', '--min-time', '0', '--warmup', '1', '--json']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'tensorflow' not in sys.modules\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(converted_run)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)
+    assert {r["target"] for r in rep["results"]} == {"tflite-fp32", "onnx-int8"}
+    assert {s["target"] for s in rep["skipped"]} == {"keras (predict)", "keras (compiled)"}

@@ -1,0 +1,92 @@
+"""Issue 5: report from fixture results, the pipeline end to end, the depth study, ResNet-18 on
+CIFAR-10 files written in the real format."""
+
+import json
+
+from typer.testing import CliRunner
+
+from exporter import formats
+from exporter import manifest as mf
+from exporter.cli import app
+from exporter.report import write_report
+from tests.conftest import write_cifar_folder
+
+
+def _fixture_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"PK\x03\x04" + b"\0" * 1000)
+    arts = {k.name: {"file": k.filename, "bytes": 1000 + i * 100, "sha256": "0" * 64}
+            for i, k in enumerate(formats.EXPORTABLE)}
+    mf.write_manifest(run, {"created": mf.now_iso(), "model": {"name": "resmini", "file": "model.keras"},
+                            "dataset": {"name": "fashion_mnist"}, "artifacts": arts,
+                            "training": {"test_accuracy": 0.9}})
+    val = {"passed": False, "dataset": {"samples": 10000}, "reference": {"accuracy": 0.9},
+           "artifacts": [{"kind": k, "accuracy": 0.9 - i / 1000, "change_points": -i / 10, "agreement": 100 - i / 10,
+                          "passed": k != "onnx-int8"} for i, k in enumerate(arts)]}
+    (run / "validation.json").write_text(json.dumps(val))
+    rows = [{"target": t, "batch": b, "p50_ms": p * b, "speedup_vs_keras_predict": 50 / p}
+            for t, p in [("keras (predict)", 50.0), ("keras (compiled)", 1.0)] + [(k, 0.1 + i / 100) for i, k in enumerate(arts)]
+            for b in (1, 64)]
+    (run / "bench.json").write_text(json.dumps({"results": rows, "skipped": [], "environment": {"cpu": "test", "cores": 2, "device": "cpu"}}))
+    return run, arts
+
+
+def test_report_renders_every_artifact_from_fixture_results(tmp_path):
+    run, arts = _fixture_run(tmp_path)
+    table = write_report(run)
+    md = (run / "report.md").read_text()
+    for kind in arts:
+        assert f"| {kind} |" in md
+    assert "| onnx-int8 |" in md and "**FAIL**" in md and "keras (reference)" in md
+    assert "500.0x" in md  # tflite-fp32: 50 ms / 0.1 ms
+    assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [r["kind"] for r in table["rows"]][1:] == list(arts)
+    r = CliRunner().invoke(app, ["report", "--run", str(run), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["rows"][0]["reference"] is True
+
+
+def test_report_without_bench_or_validation_still_renders(tmp_path):
+    run, arts = _fixture_run(tmp_path)
+    (run / "bench.json").unlink()
+    (run / "validation.json").unlink()
+    table = write_report(run)
+    assert table["plot"] is None and "| tflite-int8 |" in (run / "report.md").read_text()
+
+
+def test_pipeline_end_to_end_and_reuse(tmp_path, monkeypatch):
+    monkeypatch.setenv(mf.ARTIFACTS_ENV, str(tmp_path / "artifacts"))
+    args = ["pipeline", "--epochs", "2", "--train-limit", "4000", "--test-limit", "500", "--json"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    first = json.loads(r.stdout)
+    run = tmp_path / "artifacts" / "resmini-fashion_mnist-pipeline"
+    assert first["run"] == str(run) and first["validation_passed"]
+    assert [s["status"] for s in first["stages"].values()] == ["trained", "converted", "done", "done", "written"]
+    for f in ("model.keras", "model_int8.tflite", "model_int8.onnx", "validation.json", "bench.json", "report.md", "report.png"):
+        assert (run / f).is_file(), f
+    again = json.loads(CliRunner().invoke(app, args).stdout)
+    assert [s["status"] for s in again["stages"].values()] == ["reused"] * 4 + ["written"]
+    changed = CliRunner().invoke(app, ["pipeline", "--epochs", "3", "--train-limit", "4000", "--test-limit", "500"])
+    assert changed.exit_code == 2 and "--force" in changed.output
+
+
+def test_depth_experiment_tiny(tmp_path):
+    out = tmp_path / "depth"
+    r = CliRunner().invoke(app, ["experiment", "depth", "--depths", "12", "--epochs", "1", "--train-limit", "300",
+                                 "--test-limit", "100", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "depth.json").read_text())
+    assert [row["model"] for row in doc["rows"]] == ["plain12", "residual12"]
+    assert doc["rows"][0]["seed_reported"] == 88.09 and doc["recipe"]["batch_size"] == 150
+    assert "89.43%" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 1000
+
+
+def test_resnet18_trains_on_cifar10_files_in_the_real_format(tmp_path):
+    folder, _ = write_cifar_folder(tmp_path / "cifar-10-batches-py", per_batch=20)
+    r = CliRunner().invoke(app, ["train", "--model", "resnet18", "--data-dir", str(folder), "--epochs", "1",
+                                 "--batch-size", "50", "--run", str(tmp_path / "run"), "--json"])
+    assert r.exit_code == 0, r.output
+    man = mf.read_manifest(tmp_path / "run")
+    assert man["dataset"]["name"] == "cifar10" and man["model"]["input_shape"] == [32, 32, 3]
+    assert man["dataset"]["train"] == 100 and man["model"]["params"] == 11184778
