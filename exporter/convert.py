@@ -39,6 +39,10 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
     check_input_matches(model_path, reference.input_shape, dataset.input_shape,
                         classes=dataset.num_classes, model_classes=reference.num_outputs)
+    if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
+        ExportSource(model_path, "keras", tuple(dataset.input_shape), unsafe=unsafe,
+                     _model=reference.model).check_weights_finite()
+    reference.close()
     stem = model_path.stem if model_path.is_file() else model_path.name
     run = Path(run) if run else mf.artifacts_root() / mf.new_run_name(f"{stem}-import", dataset.name)
     target = row.filename if row.family == "savedmodel" else f"model{model_path.suffix.lower()}"

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import logging
+import math
 import os
 import pickle
 import tarfile
@@ -39,6 +40,10 @@ CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+
+REFETCH = "delete the file and fetch it again"
+REFETCH_CIFAR = "delete it and download cifar-10-python.tar.gz again"
+MISMATCH = "check that the files are this dataset's (or pass the matching --dataset), or fetch them again"
 
 
 @dataclass(frozen=True)
@@ -74,19 +79,19 @@ _IDX_DTYPES = {0x08: np.uint8}
 def parse_idx(data: bytes, *, name: str = "<bytes>") -> np.ndarray:
     """Parse one IDX file (already decompressed). Only unsigned-byte payloads occur in (Fashion-)MNIST."""
     if len(data) < 4:
-        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)")
+        raise DataError(f"{name}: too short to be an IDX file ({len(data)} bytes)", hint=REFETCH)
     zero, dtype_code, ndim = data[0] | data[1], data[2], data[3]
     if zero != 0 or dtype_code not in _IDX_DTYPES or ndim not in (1, 3):
         raise DataError(f"{name}: bad IDX magic number {data[:4].hex()} "
-                        "(expected 00000801 for labels or 00000803 for images)")
+                        "(expected 00000801 for labels or 00000803 for images)", hint=REFETCH)
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise DataError(f"{name}: truncated IDX header")
+        raise DataError(f"{name}: truncated IDX header", hint=REFETCH)
     dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    count = int(np.prod(dims, dtype=np.int64))
+    count = math.prod(dims)  # Python int: np.prod(int64) wraps, e.g. 2**31 * 2**31 * 4 == 0
     if len(data) - header != count:
         raise DataError(f"{name}: IDX header promises {dims} = {count} bytes but the file holds "
-                        f"{len(data) - header}: truncated or corrupt")
+                        f"{len(data) - header}: truncated or corrupt", hint=REFETCH)
     return np.frombuffer(data, dtype=_IDX_DTYPES[dtype_code], offset=header).reshape(dims)
 
 
@@ -105,14 +110,14 @@ def read_idx_gz(path: Path) -> np.ndarray:
 
 def _check_split(name: str, x: np.ndarray, y: np.ndarray, classes: int, image_shape: tuple) -> None:
     if x.ndim != 1 + len(image_shape) or tuple(x.shape[1:]) != image_shape:
-        raise DataError(f"{name}: images have shape {tuple(x.shape[1:])}, expected {image_shape}")
+        raise DataError(f"{name}: images have shape {tuple(x.shape[1:])}, expected {image_shape}", hint=MISMATCH)
     if y.ndim != 1 or len(y) != len(x):
-        raise DataError(f"{name}: {len(x)} images but {y.shape[0] if y.ndim else 0} labels")
+        raise DataError(f"{name}: {len(x)} images but {y.shape[0] if y.ndim else 0} labels", hint=MISMATCH)
     if len(y) == 0:
-        raise DataError(f"{name}: no samples")
+        raise DataError(f"{name}: no samples", hint=MISMATCH)
     if int(y.max()) >= classes or int(y.min()) < 0:
         raise DataError(f"{name}: labels out of range 0..{classes - 1} "
-                        f"(found {int(y.min())}..{int(y.max())})")
+                        f"(found {int(y.min())}..{int(y.max())})", hint=MISMATCH)
 
 
 def load_idx_folder(folder: Path, *, name: str, class_names: tuple[str, ...]) -> Dataset:
@@ -141,23 +146,26 @@ def parse_cifar_batch(data: bytes, *, name: str = "<bytes>") -> tuple[np.ndarray
     try:
         obj = _SafeUnpickler(io.BytesIO(data), encoding="bytes").load()
     except Exception as exc:  # the pickle module raises a zoo of types on corrupt input
-        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{name}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc})",
+                        hint=REFETCH) from exc
     if not isinstance(obj, dict):
-        raise DataError(f"{name}: not a CIFAR-10 batch (top level is {type(obj).__name__}, expected dict)")
+        raise DataError(f"{name}: not a CIFAR-10 batch (top level is {type(obj).__name__}, expected dict)",
+                        hint=REFETCH)
     raw = obj.get(b"data", obj.get("data"))
     labels = obj.get(b"labels", obj.get("labels"))
     if raw is None or labels is None:
-        raise DataError(f"{name}: CIFAR-10 batch lacks 'data' or 'labels'")
+        raise DataError(f"{name}: CIFAR-10 batch lacks 'data' or 'labels'", hint=REFETCH)
     try:
         raw = np.asarray(raw)
         labels = np.asarray(labels, dtype=np.int64)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise DataError(f"{name}: CIFAR-10 'labels' are not integers") from exc
+        raise DataError(f"{name}: CIFAR-10 'data' or 'labels' are not arrays of integers",
+                        hint=REFETCH) from exc
     if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
         raise DataError(f"{name}: CIFAR-10 'data' must be uint8 of shape (N, 3072), "
-                        f"found {raw.dtype} {raw.shape}")
+                        f"found {raw.dtype} {raw.shape}", hint=REFETCH)
     if labels.ndim != 1 or len(labels) != len(raw):
-        raise DataError(f"{name}: {len(raw)} images but {labels.size} labels")
+        raise DataError(f"{name}: {len(raw)} images but {labels.size} labels", hint=REFETCH)
     images = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
 
@@ -169,7 +177,7 @@ def _read_cifar_members(source: Path) -> dict[str, bytes]:
         for m in wanted:
             path = source / m
             if not path.is_file():
-                raise DataError(f"{source}: missing CIFAR-10 batch file {m}")
+                raise DataError(f"{source}: missing CIFAR-10 batch file {m}", hint=REFETCH_CIFAR)
             members[m] = path.read_bytes()
         return members
     try:
@@ -181,10 +189,10 @@ def _read_cifar_members(source: Path) -> dict[str, bytes]:
                     members[base] = fh.read() if fh else b""
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         raise DataError(f"{source}: corrupt CIFAR-10 archive ({exc})",
-                        hint="delete it and download cifar-10-python.tar.gz again") from exc
+                        hint=REFETCH_CIFAR) from exc
     missing = [m for m in wanted if m not in members]
     if missing:
-        raise DataError(f"{source}: archive lacks {', '.join(missing)}")
+        raise DataError(f"{source}: archive lacks {', '.join(missing)}", hint=REFETCH_CIFAR)
     return members
 
 
@@ -208,8 +216,8 @@ def _finish(name, x_train, y_train, x_test, y_test, class_names, source) -> Data
     image_shape = tuple(x_train.shape[1:])
     y_train = np.asarray(y_train).astype(np.int64).reshape(-1)
     y_test = np.asarray(y_test).astype(np.int64).reshape(-1)
-    _check_split(f"{name} train", x_train, y_train, len(class_names), image_shape)
-    _check_split(f"{name} test", x_test, y_test, len(class_names), image_shape)
+    _check_split(f"{name} train split ({source})", x_train, y_train, len(class_names), image_shape)
+    _check_split(f"{name} test split ({source})", x_test, y_test, len(class_names), image_shape)
     return Dataset(name, _to_unit_float(x_train), y_train, _to_unit_float(x_test), y_test,
                    tuple(class_names), source)
 
@@ -281,7 +289,8 @@ def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None, downlo
     if name not in DATASETS:
         raise UsageError(f"unknown dataset '{name}'", hint=f"choose one of: {', '.join(DATASETS)}")
     if data_dir is not None and not Path(data_dir).exists():
-        raise DataError(f"--data-dir {data_dir} does not exist")
+        raise DataError(f"--data-dir {data_dir} does not exist",
+                        hint="pass the folder (or for cifar10 the .tar.gz) that holds the dataset files")
     places = candidate_dirs(name, data_dir)
     ds = None
     for place in places:

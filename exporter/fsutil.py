@@ -36,7 +36,8 @@ def ensure_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create folder {path}: {exc.strerror or exc}",
+        file = next((p for p in (path, *path.parents) if p.is_file()), None)  # ENOTDIR/EEXIST: a file in the way
+        raise OutputError(f"cannot create folder {path}: " + (f"{file} is a file" if file else exc.strerror or str(exc)),
                           hint="choose a writable location with --run") from exc
     if not os.access(path, os.W_OK):
         raise OutputError(f"folder {path} is not writable", hint="choose a writable location with --run")
@@ -53,20 +54,34 @@ def atomic_path(final: Path, *, force: bool = True) -> Iterator[Path]:
     if final.exists() and not force:
         raise OutputExistsError(f"{final} already exists", hint="pass --force to replace it")
     ensure_dir(final.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    except OSError as exc:  # read-only file system, no space for an inode, ...
+        raise OutputError(f"cannot write in {final.parent}: {exc.strerror or exc}",
+                          hint="choose a writable location with --run") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    # mkstemp creates 0600; give the file the mode a plain open() would (or keep the replaced file's).
+    with contextlib.suppress(OSError):
+        os.chmod(tmp, final.stat().st_mode & 0o7777 if final.exists() else 0o666 & ~_umask())
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
             raise OutputError(f"writing {final} produced an empty file")
         os.replace(tmp, final)
     except OSError as exc:
-        raise OutputError(f"writing {final} failed: {exc.strerror or exc}") from exc
+        raise OutputError(f"writing {final} failed: {exc.strerror or exc}",
+                          hint=f"check the free space and permissions of {final.parent}, or choose another --run") from exc
     finally:
         # BaseException too: Ctrl-C must not leave the temp file behind.
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(final: Path, data: bytes, *, force: bool = True) -> None:

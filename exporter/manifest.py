@@ -57,7 +57,7 @@ def read_manifest(run: Path) -> dict:
         raise InputError(f"cannot read {path}: {exc}") from exc
     try:
         data = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and e.g. ints over the digit limit
         raise InputError(f"{path} is corrupt ({exc})",
                          hint="restore it, or re-create the run with --force") from exc
     if not isinstance(data, dict) or not isinstance(data.get("schema"), int):

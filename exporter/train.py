@@ -141,6 +141,7 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
     if Path(run).exists() and any(Path(run).iterdir()) and not force:  # fail before the slow part
         raise OutputExistsError(f"run folder {run} already exists",
                                 hint="pass --force to replace it, or choose another --run")
+    ensure_dir(Path(run).parent)  # an unwritable --run fails now, not after the training
     keras.utils.set_random_seed(seed)
     model = build_model(model_name, dataset.input_shape, dataset.num_classes)
     steps_per_epoch = -(-len(dataset.y_train) // recipe.batch_size)

@@ -19,25 +19,39 @@ MAGIC = {  # what the first bytes of each family's files look like
     "keras": lambda b: b[:4] == b"PK\x03\x04" or b[:8] == b"\x89HDF\r\n\x1a\n",
     "onnx": lambda b: len(b) > 0 and b[:1] in (b"\x08", b"\x0a", b"\x12", b"\x1a", b"\x22", b"\x3a", b"\x42"),
 }
-FAMILY_BY_MAGIC = (("tflite", "a TFLite flatbuffer"), ("keras", "a Keras archive or HDF5 file"))
+
+
+def _looks_like_onnx(b: bytes) -> bool:
+    """Stricter than MAGIC['onnx'] (which only rules files out): a ModelProto begins with ir_version
+    (field 1, a small varint) followed by another top-level field. Used only to name a file's real format."""
+    return len(b) >= 3 and b[0] == 0x08 and 0 < b[1] < 0x80 and b[2] in (0x12, 0x1a, 0x22, 0x28, 0x32, 0x3a, 0x42)
+
+
+FAMILY_BY_MAGIC = (("tflite", MAGIC["tflite"], "a TFLite flatbuffer"),
+                   ("keras", MAGIC["keras"], "a Keras archive or HDF5 file"),
+                   ("onnx", _looks_like_onnx, "an ONNX model"))
 
 
 def check_file(path: Path, family: str) -> None:
     """Refuse empty files and files whose content contradicts their suffix, naming both."""
     path = Path(path)
     if not path.exists():
-        raise ModelFileError(f"{path} does not exist")
+        raise ModelFileError(f"{path} does not exist",
+                             hint="re-create it with `resexport convert`" if family in ("tflite", "onnx")
+                             else "restore the model file")
     if path.is_dir():
         return
     size = path.stat().st_size
     if size == 0:
-        raise ModelFileError(f"{path} is empty (0 bytes)", hint="re-create it with `resexport convert --force`")
+        hint = ("re-create it with `resexport convert --force`" if family in ("tflite", "onnx")
+                else "restore the model file, or re-save it from Keras")  # a reference model: convert can't make it
+        raise ModelFileError(f"{path} is empty (0 bytes)", hint=hint)
     with open(path, "rb") as fh:
         head = fh.read(16)
     if MAGIC[family](head):
         return
-    for other, what in FAMILY_BY_MAGIC:
-        if other != family and MAGIC[other](head):
+    for other, sniff, what in FAMILY_BY_MAGIC:
+        if other != family and sniff(head):
             raise ModelFileError(f"{path}: the suffix says {family} but the content is {what}",
                                  hint="rename the file to its real format")
     raise ModelFileError(f"{path} is not a valid {family} file (unrecognised header {head[:8].hex()})",

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,12 @@ from exporter.runtimes.base import Runner, check_file
 def load_keras_model(path: Path, *, unsafe: bool = False):
     """Load a .keras or legacy .h5 model; safe mode on unless `unsafe` (Lambda layers run code)."""
     keras = require("keras", extra="full", purpose="Loading a Keras model")
+    path = Path(path)
     check_file(path, "keras")
+    if path.is_file() and path.suffix.lower() == ".keras" and not zipfile.is_zipfile(path):
+        # Keras itself reports a truncated archive as "File not found".
+        raise ModelFileError(f"{path} is not a complete .keras archive (the zip is truncated or corrupt)",
+                             hint="the file is corrupt or truncated; re-create it")
     try:
         return keras.saving.load_model(str(path), compile=False, safe_mode=not unsafe)
     except ValueError as exc:
@@ -23,10 +30,13 @@ def load_keras_model(path: Path, *, unsafe: bool = False):
         if "safe_mode" in text or "Lambda" in text:
             raise InputError(f"{path} contains a Lambda layer, which runs arbitrary code and is refused "
                              "in Keras safe mode", hint="if you trust the file, pass --unsafe") from exc
-        raise ModelFileError(f"cannot load {path}: {text[:300]}") from exc
+        raise ModelFileError(f"cannot load {path}: {text[:300]}",
+                             hint="the file is corrupt or not a Keras model; re-create it") from exc
     except TypeError as exc:
         text = " ".join(str(exc).split())
-        raise InputError(f"{path} uses a custom object Keras does not know ({text[:200]})",
+        found = re.search(r"Could not locate (class|function) '([^']+)'", text)
+        what = f"the custom {found[1]} '{found[2]}'" if found else f"a custom object ({text[:200]})"
+        raise InputError(f"{path} uses {what}, which Keras does not know",
                          hint="register it with keras.saving.register_keras_serializable, or re-save the "
                               "model without it") from exc
     except Exception as exc:  # zip/HDF5 corruption surfaces as many types
