@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -88,7 +89,7 @@ def _boundary(fn):
         except ResexportError as exc:
             if _state["debug"]:
                 raise
-            err.print(f"[bold red]error[/] ({exc.kind}): {exc.one_line()}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error[/] ({exc.kind}): {escape(exc.one_line())}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]: nothing half-written was left behind")
@@ -97,7 +98,7 @@ def _boundary(fn):
             if _state["debug"]:
                 raise
             text = " ".join(str(exc).split())[:300]
-            err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {text} "
+            err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {escape(text)} "
                       "(rerun with --debug for the traceback, and please report it)",
                       highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_CODES["internal"]) from None
@@ -479,23 +480,28 @@ def experiment_depth(
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset."),
     test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
     device_note: str = typer.Option("", "--device-note", help="Where it ran (recorded in the results)."),
+    force: bool = typer.Option(False, "--force", help="Retrain every model, replacing runs already in --out."),
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
     """Seed 003's study: plain vs residual CNNs at 12/20/32/50 layers on Fashion-MNIST, beside the
-    seed's reported accuracies. Writes depth.json, depth.md and depth.png."""
+    seed's reported accuracies. Writes depth.json, depth.md and depth.png.
+
+    Models already trained in --out with the same settings are reused, so a long study can be run
+    a few depths at a time (e.g. --depths 12,20 then --depths 12,20,32,50)."""
     from exporter import data as data_mod
     from exporter.experiment import depth_study
     from exporter.train import resolve_recipe
 
     ds = data_mod.load_dataset("fashion_mnist", data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
 
-    def on_model(name, acc, seconds):
+    def on_model(name, acc, seconds, reused):
         if not json_out:
-            err.print(f"{name}: {acc:.2%} ({seconds:.0f}s)")
+            err.print(f"{name}: {acc:.2%} ({seconds:.0f}s{', reused' if reused else ''})")
 
     doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs), dataset=ds,
-                      depths=_ints(depths, "--depths"), device_note=device_note, progress=_progress(json_out),
+                      depths=_ints(depths, "--depths"), device_note=device_note, force=force,
+                      progress=_progress(json_out),
                       on_model=on_model)
     if json_out:
         _print_json(doc)

@@ -21,25 +21,63 @@ SEED003_REPORTED = {
 DEPTHS = (12, 20, 32, 50)
 
 
+def _same_data(a: dict, b: dict) -> bool:
+    """Same images: `source` (where the files were found) may differ between machines."""
+    strip = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k != "source"}))  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _reusable(run: Path, name: str, recipe: Recipe, dataset: data_mod.Dataset, seed: int) -> dict | None:
+    """The manifest of an existing run of `name` trained exactly as asked (same recipe, data and
+    seed), else None. Raises OutputExistsError for a run made some other way."""
+    from dataclasses import asdict
+
+    from exporter import manifest as mf
+    from exporter.errors import OutputExistsError, ResexportError
+
+    if not (run.exists() and any(run.iterdir())):
+        return None
+    try:
+        man = mf.read_manifest(run)
+        same = (man["model"]["name"] == name and man["training"]["recipe"] == json.loads(json.dumps(asdict(recipe)))
+                and man["training"]["seed"] == seed and _same_data(man["dataset"], dataset.describe()))
+    except (ResexportError, KeyError, TypeError):
+        same, man = False, None
+    if not same:
+        raise OutputExistsError(f"{run} holds a run trained with other settings (or is not a run)",
+                                hint="pass --force to retrain it, or choose another --out")
+    return man
+
+
 def depth_study(*, out: Path, recipe: Recipe, dataset: data_mod.Dataset, depths=DEPTHS, seed: int = 0,
-                device_note: str = "", progress: Progress = NULL, on_model=lambda name, acc, s: None) -> dict:
+                device_note: str = "", force: bool = False, progress: Progress = NULL,
+                on_model=lambda name, acc, s, reused: None) -> dict:
     """Train plain{d} and residual{d} for every depth; write depth.json, depth.md, depth.png in `out`
-    (each model's run folder under out/runs/). Returns the JSON document."""
+    (each model's run folder under out/runs/). Returns the JSON document.
+
+    A model whose run folder already holds a run with the same recipe, data and seed is not trained
+    again (so a long study can be split across several calls); a run made otherwise is an error
+    unless force=True, which retrains everything."""
     import keras
 
     ensure_dir(out)
+    plan = [(f"{kind}{depth}", kind, depth) for depth in depths for kind in ("plain", "residual")]
+    reuse = {} if force else {name: _reusable(out / "runs" / name, name, recipe, dataset, seed) for name, _, _ in plan}
     rows = []
-    for depth in depths:
-        for kind in ("plain", "residual"):
-            name = f"{kind}{depth}"
+    for name, kind, depth in plan:
+        man = reuse.get(name)
+        if man is not None:
+            acc, seconds, run = man["training"]["test_accuracy"], man["training"]["seconds"], out / "runs" / name
+            backend = man["training"]["backend"]
+        else:
             t0 = time.perf_counter()
             res = train(model_name=name, dataset=dataset, run=out / "runs" / name, recipe=recipe, seed=seed,
                         force=True, progress=progress)
-            seconds = time.perf_counter() - t0
-            rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * res.test_accuracy,
-                         "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(seconds, 1),
-                         "epochs": recipe.epochs, "run": str(res.run)})
-            on_model(name, res.test_accuracy, seconds)
+            acc, seconds, run, backend = res.test_accuracy, time.perf_counter() - t0, res.run, keras.backend.backend()
+        rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * acc,
+                     "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(seconds, 1),
+                     "epochs": recipe.epochs, "backend": backend, "reused": man is not None, "run": str(run)})
+        on_model(name, acc, seconds, man is not None)
     doc = {"study": "depth (seed 003)", "dataset": dataset.describe(), "recipe": recipe.__dict__, "seed": seed,
            "backend": keras.backend.backend(), "device": device_note, "rows": rows}
     write_json_atomic(out / "depth.json", doc)

@@ -80,6 +80,24 @@ def test_depth_experiment_tiny(tmp_path):
     assert [row["model"] for row in doc["rows"]] == ["plain12", "residual12"]
     assert doc["rows"][0]["seed_reported"] == 88.09 and doc["recipe"]["batch_size"] == 150
     assert "89.43%" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 1000
+    assert not any(row["reused"] for row in doc["rows"])
+
+    # The same settings again: nothing is retrained, the runs and their accuracies are kept.
+    model_bytes = (out / "runs" / "residual12" / "model.keras").read_bytes()
+    r = CliRunner().invoke(app, ["experiment", "depth", "--depths", "12", "--epochs", "1", "--train-limit", "300",
+                                 "--test-limit", "100", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((out / "depth.json").read_text())
+    assert all(row["reused"] for row in again["rows"])
+    assert [row["test_accuracy"] for row in again["rows"]] == [row["test_accuracy"] for row in doc["rows"]]
+    assert (out / "runs" / "residual12" / "model.keras").read_bytes() == model_bytes
+
+    # Other settings: the existing runs are not replaced without --force.
+    r = CliRunner().invoke(app, ["experiment", "depth", "--depths", "12", "--epochs", "2", "--train-limit", "300",
+                                 "--test-limit", "100", "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "trained with other settings" in r.output and "--force" in r.output
+    assert (out / "runs" / "residual12" / "model.keras").read_bytes() == model_bytes
 
 
 def test_resnet18_trains_on_cifar10_files_in_the_real_format(tmp_path):
