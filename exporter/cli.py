@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -16,8 +17,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-# Quiet TensorFlow's C++ start-up chatter before anything can import it.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Quiet TensorFlow's C++ chatter before anything can import it (--debug turns it back on).
+_USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
 from rich.console import Console
@@ -77,12 +79,48 @@ def _progress(json_out: bool = False) -> RichProgress:
     return RichProgress(enabled=not json_out and err.is_terminal or os.environ.get("RESEXPORT_PROGRESS") == "1")
 
 
-def _boundary(fn):
-    """Run a command; map errors to one line + exit code. --debug shows tracebacks."""
+@contextlib.contextmanager
+def _native_stderr_hidden() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for a while (Python's own stderr object is untouched)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow (and Keras) now, with fd 2 hidden: its C++ start-up lines ("Could not find
+    cuda drivers", written before absl logging is set up) ignore TF_CPP_MIN_LOG_LEVEL and would
+    bury the one-line messages. Skipped under --debug, other Keras backends, or without TensorFlow;
+    any failure is left for the real import to report."""
+    if _state["debug"] or "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    try:
+        if importlib.util.find_spec("tensorflow") is None:
+            return
+        with _native_stderr_hidden():
+            import keras  # noqa: F401  (imports tensorflow)
+    except BaseException:  # noqa: BLE001  (the real import, later, reports it properly)
+        return
+
+
+def _boundary(fn=None, *, tensorflow: bool = False):
+    """Run a command; map errors to one line + exit code. --debug shows tracebacks. With
+    tensorflow=True, TensorFlow is imported first without its native start-up noise."""
+    if fn is None:
+        return functools.partial(_boundary, tensorflow=tensorflow)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if tensorflow:
+                _import_tensorflow_quietly()
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
@@ -121,10 +159,12 @@ def _version(value: bool):
 @app.callback()
 def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors, and TensorFlow's native log."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
 ):
     _state["debug"] = debug
+    if debug and _USER_TF_LOG_LEVEL is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not verbose:
@@ -135,7 +175,7 @@ def main_options(
 # ------------------------------------------------------------------------------ train
 
 @app.command()
-@_boundary
+@_boundary(tensorflow=True)
 def train(
     model: str = typer.Option("resmini", "--model", "-m", help="Registry model: resmini (CPU default), "
                               "plain12/20/32/50, residual12/20/32/50 (seed 003), resnet18/34 (seed 000)."),
@@ -146,6 +186,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    bn_momentum: Optional[float] = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum "
+                                                "(default: the model's own). Use 0.9 for short runs."),
     seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling)."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder to create (default: "
                                        "artifacts/<model>-<dataset>-<time>)."),
@@ -168,7 +210,7 @@ def train(
 
         raise UsageError(f"unknown model '{model}'", hint=f"choose one of: {', '.join(MODELS)}")
     dataset = dataset or MODELS[model].dataset
-    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr)
+    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
     run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
     ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
     result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
@@ -209,7 +251,7 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
 # ------------------------------------------------------------------------------ convert
 
 @app.command()
-@_boundary
+@_boundary(tensorflow=True)
 def convert(
     run: Optional[Path] = RUN_OPT,
     model: Optional[Path] = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
@@ -426,7 +468,7 @@ def _print_report(table: dict) -> None:
 # ------------------------------------------------------------------------------ pipeline
 
 @app.command()
-@_boundary
+@_boundary(tensorflow=True)
 def pipeline(
     model: str = typer.Option("resmini", "--model", "-m", help="Registry model to train."),
     dataset: str = typer.Option("fashion_mnist", "--dataset", "-d", help="Dataset."),
@@ -469,7 +511,7 @@ app.add_typer(experiment_app, name="experiment")
 
 
 @experiment_app.command("depth")
-@_boundary
+@_boundary(tensorflow=True)
 def experiment_depth(
     out_dir: Path = typer.Option(Path("artifacts/depth-study"), "--out", help="Folder for depth.json/.md/.png "
                                  "and the runs."),
@@ -477,6 +519,9 @@ def experiment_depth(
     recipe: str = typer.Option("seed", "--recipe", help="seed (25 epochs, batch 150, Adam 1e-4 decay 1e-6: the "
                                "seed's settings) or fast."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
+    bn_momentum: Optional[float] = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum "
+                                                "(default: the models' own, 0.99). Use 0.9 for short runs."),
     train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset."),
     test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
     device_note: str = typer.Option("", "--device-note", help="Where it ran (recorded in the results)."),
@@ -499,7 +544,8 @@ def experiment_depth(
         if not json_out:
             err.print(f"{name}: {acc:.2%} ({seconds:.0f}s{', reused' if reused else ''})")
 
-    doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs), dataset=ds,
+    doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs, lr=lr, bn_momentum=bn_momentum),
+                      dataset=ds,
                       depths=_ints(depths, "--depths"), device_note=device_note, force=force,
                       progress=_progress(json_out),
                       on_model=on_model)

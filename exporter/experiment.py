@@ -93,7 +93,9 @@ def render_markdown(doc: dict) -> str:
     sub = f" (subset: {ds['subset']})" if ds.get("subset") else ""
     lines = ["# Depth study: plain vs residual (seed 003)", "",
              f"{ds['name']}, {ds['train']} train / {ds['test']} test images{sub}; {r['epochs']} epochs, batch "
-             f"{r['batch_size']}, Adam lr {r['lr']} ({r['schedule']}); Keras backend {doc['backend']}; "
+             f"{r['batch_size']}, Adam lr {r['lr']} ({r['schedule']})"
+             f"{'' if r.get('bn_momentum') is None else ', BatchNorm momentum ' + str(r['bn_momentum'])}; "
+             f"Keras backend {doc['backend']}; "
              f"device: {doc['device'] or 'not recorded'}.", "",
              "| depth | plain (ours) | plain (seed) | residual (ours) | residual (seed) |", "|---:|---:|---:|---:|---:|"]
     by = {(row["kind"], row["depth"]): row for row in doc["rows"]}

@@ -508,3 +508,20 @@ def test_messages_are_printed_verbatim(run_copy, tmp_path, monkeypatch, case):
     else:
         missing = tmp_path / "exp[/old]"
         assert_fails(cli("validate", "--run", missing), 2, str(missing), todo="resexport train --run")
+
+
+def test_a_real_process_prints_exactly_one_line(tmp_path):
+    """In-process CliRunner cannot see file descriptor 2, where TensorFlow's C++ start-up lines go;
+    a real `resexport` process must show the user only the one error line."""
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"not a model at all")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["KERAS_BACKEND"] = "tensorflow"
+    proc = subprocess.run([sys.executable, "-m", "exporter", "convert", "--model", str(bad), "--run",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=300, env=env,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0].startswith("error (bad input): " + str(bad)) and "re-create it" in lines[0]
+    assert proc.stdout == "" and not (tmp_path / "r").exists()

@@ -65,3 +65,27 @@ def test_newest_run_is_found(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
         mf.write_manifest(tmp_path / name, {"created": created, "artifacts": {}})
     assert mf.resolve_run(None) == tmp_path / "a"
+
+
+def test_bn_momentum_is_applied_saved_and_recorded(tmp_path, fmnist_small):
+    run = tmp_path / "bn"
+    result = CliRunner().invoke(app, ["train", "--model", "residual12", "--recipe", "seed", "--epochs", "1",
+                                      "--bn-momentum", "0.9", "--train-limit", "300", "--test-limit", "100",
+                                      "--run", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert mf.read_manifest(run)["training"]["recipe"]["bn_momentum"] == 0.9
+    model = keras.saving.load_model(run / "model.keras")
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
+    # Without the flag the seed model keeps Keras' default.
+    from exporter.models import build_model
+
+    built = build_model("residual12", (28, 28, 1), 10)
+    assert {l.momentum for l in built.layers if isinstance(l, keras.layers.BatchNormalization)} == {0.99}
+
+
+@pytest.mark.parametrize("value", ["1.0", "-0.1"])
+def test_bn_momentum_out_of_range_is_a_usage_error(tmp_path, value):
+    result = CliRunner().invoke(app, ["train", "--bn-momentum", value, "--run", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "--bn-momentum must be in [0, 1)" in result.stderr and not (tmp_path / "r").exists()
