@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from exporter import data
+
+# The fuzzers explore new random inputs on every local run; under CI (CI=true, set by .ci/run) they
+# replay a fixed derandomized sequence, so a red CI always means a change, never a lucky draw.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
