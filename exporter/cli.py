@@ -222,7 +222,7 @@ def train(
         _print_json(summary)
     else:
         out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
-                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {result.run}")
+                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}")
 
 
 # ------------------------------------------------------------------------------ shared options
@@ -462,7 +462,7 @@ def _print_report(table: dict) -> None:
                   f(r["speedup_vs_keras_predict"], ".1f") + "x", gate)
     out.print(t)
     if table.get("plot"):
-        out.print(f"plot: {table['plot']}")
+        out.print(f"plot: {table['plot']}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------ pipeline
@@ -552,7 +552,7 @@ def experiment_depth(
     if json_out:
         _print_json(doc)
     else:
-        out.print((out_dir / "depth.md").read_text())
+        out.print((out_dir / "depth.md").read_text(), markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

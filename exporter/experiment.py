@@ -122,7 +122,8 @@ def render_plot(doc: dict, path: Path) -> None:
     ax.set_xlabel("depth (conv layers, seed 003's count)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(list(DEPTHS))
-    ax.set_title(f"Depth study on {doc['dataset']['name']} ({doc['recipe']['epochs']} epochs, {doc['backend']})")
+    ax.set_title(f"Depth study on {doc['dataset']['name']} ({doc['dataset']['train']:,} train images, "
+                 f"{doc['recipe']['epochs']} epochs, {doc['backend']})")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()

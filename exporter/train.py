@@ -130,6 +130,9 @@ def staged_run(run: Path, *, force: bool):
                                 hint="pass --force to replace it, or choose another --run")
     ensure_dir(run.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", suffix=".partial", dir=run.parent))
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a run folder gets the mode a plain mkdir would
     try:
         yield tmp
         old = None

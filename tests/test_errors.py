@@ -443,6 +443,11 @@ def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
         (tmp_path / "new.json").chmod(0o640)  # a user's choice survives a replace
         write_bytes_atomic(tmp_path / "new.json", b"{ }")
         assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o640
+        from exporter.train import staged_run
+
+        with staged_run(tmp_path / "run", force=False) as tmp:
+            (tmp / "x").write_text("x")
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755  # as mkdir, not mkdtemp's 0700
     finally:
         os.umask(old)
 

@@ -156,3 +156,19 @@ def test_onnx_and_tflite_exports_are_byte_identical(trained_run, tmp_path, fmnis
         convert(run=tmp_path / name, kinds=formats.select("all", "all"), dataset=fmnist, calib_samples=100)
     for kind in formats.EXPORTABLE:
         assert (tmp_path / "a" / kind.filename).read_bytes() == (tmp_path / "b" / kind.filename).read_bytes(), kind.name
+
+
+def test_near_ties_are_reported_beside_agreement():
+    from exporter.validate import check_gates, compare
+
+    ref = np.array([[0.9, 0.1, 0.0], [0.51, 0.49, 0.0], [0.2, 0.7, 0.1], [0.34, 0.33, 0.33]], np.float32)
+    out = ref.copy()
+    out[1] = [0.49, 0.51, 0.0]  # flips a near-tie
+    labels = np.array([0, 0, 1, 0])
+    m = compare(ref, out, labels, ["a", "b", "c"])
+    assert m["agreement"] == 75.0 and m["near_ties_percent"] == 50.0 and m["agreement_without_near_ties"] == 100.0
+    [failure] = check_gates({**m, "change_points": 0.0}, formats.Gates(min_agreement=99.0))
+    assert "agreement 75.00% < 99.0% (100.00% without the 50.0% near-ties" in failure
+    out[0] = [0.1, 0.9, 0.0]  # a confident flip counts against both
+    m = compare(ref, out, labels, ["a", "b", "c"])
+    assert m["agreement"] == 50.0 and m["agreement_without_near_ties"] == 50.0

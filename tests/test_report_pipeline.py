@@ -91,6 +91,10 @@ def test_depth_experiment_tiny(tmp_path):
     assert all(row["reused"] for row in again["rows"])
     assert [row["test_accuracy"] for row in again["rows"]] == [row["test_accuracy"] for row in doc["rows"]]
     assert (out / "runs" / "residual12" / "model.keras").read_bytes() == model_bytes
+    r = CliRunner().invoke(app, ["experiment", "depth", "--depths", "12", "--epochs", "1", "--train-limit", "300",
+                                 "--test-limit", "100", "--out", str(out)])
+    assert r.exit_code == 0 and (out / "depth.md").read_text().strip() in r.stdout  # printed verbatim
+    assert "plain12:" in r.stderr and "reused" in r.stderr
 
     # Other settings: the existing runs are not replaced without --force.
     r = CliRunner().invoke(app, ["experiment", "depth", "--depths", "12", "--epochs", "2", "--train-limit", "300",

@@ -1,0 +1,63 @@
+"""Issue 5: convert and validate the residual-50 from the depth study (all seven kinds, full test
+set), then bench fp32 vs int8 vs Keras in one run. residual50 has 4.3M parameters and ~125x the
+FLOPs of the default resmini, so it also answers whether int8 pays off once compute dominates
+(issue 4's int8 goal was missed on resmini). Writes results/residual50_export.*
+
+Usage: python benchmarks/residual50_export.py [RUN]   (default: artifacts/depth-cpu-reduced/runs/residual50)"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import ROOT, machine, save
+
+run = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "artifacts" / "depth-cpu-reduced" / "runs" / "residual50"
+if not (run / "manifest.json").is_file():
+    sys.exit(f"{run} missing: run benchmarks/depth_cpu_reduced.py first")
+
+
+def cli(*args: str) -> int:
+    proc = subprocess.run([sys.executable, "-m", "exporter", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode not in (0, 4):  # 4: a gate failed, still reported
+        sys.exit(f"resexport {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.returncode
+
+
+cli("convert", "--run", str(run), "--format", "all", "--quantize", "all")
+val_exit = cli("validate", "--run", str(run))
+cli("bench", "--run", str(run), "--batch", "1,64", "--min-time", "2", "--min-runs", "30")
+man = json.loads((run / "manifest.json").read_text())
+val = json.loads((run / "validation.json").read_text())
+ben = json.loads((run / "bench.json").read_text())
+doc = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": man["model"], "training": man["training"],
+       "validate_exit_code": val_exit, "validation": val, "bench": ben["results"], "machine": machine()}
+
+p50 = {(r["target"], r["batch"]): r["p50_ms"] for r in ben["results"]}
+lines = [f"# residual50 from the depth study: export, validation, bench ({doc['machine']['cpu']}, "
+         f"{doc['machine']['cores']} cores, one run)", "",
+         f"Model: `{man['model']['name']}`, {man['model']['params']:,} params, Keras test accuracy "
+         f"{100 * man['training']['test_accuracy']:.2f}% (reduced CPU training: see depth-cpu-reduced/depth.md). "
+         f"`resexport validate` exit code: {val_exit}.", "",
+         "| kind | bytes | accuracy | Δ pt | agreement | agreement without near-ties | max abs diff | gate | p50 ms b=1 | "
+         "p50 ms b=64 | vs Keras predict b=1 |",
+         "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+speed = {(r["target"], r["batch"]): r["speedup_vs_keras_predict"] for r in ben["results"]}
+for a in val["artifacts"]:
+    k = a["kind"]
+    lines.append(f"| {k} | {a['bytes']:,} | {100 * a['accuracy']:.2f}% | {a['change_points']:+.2f} | "
+                 f"{a['agreement']:.2f}% | {a['agreement_without_near_ties']:.2f}% | {a['max_abs_diff']:.1e} | {'pass' if a['passed'] else 'FAIL'} | "
+                 f"{p50.get((k, 1), float('nan')):.3f} | {p50.get((k, 64), float('nan')):.2f} | "
+                 f"{speed.get((k, 1), float('nan')):.0f}x |")
+for ref in ("keras (predict)", "keras (compiled)"):
+    lines.append(f"| {ref} | {man['model']['bytes']:,} | | | | | | | {p50.get((ref, 1), float('nan')):.3f} | "
+                 f"{p50.get((ref, 64), float('nan')):.2f} | |")
+near = val["artifacts"][0]["near_ties_percent"]
+lines += ["", f"Near-ties: the {near:.1f}% of test images where the Keras model's top two probabilities are < 0.05 "
+          "apart (reported, not gated).", ""]
+for fmt in ("tflite", "onnx"):
+    for b in (1, 64):
+        fp32, int8 = p50.get((f"{fmt}-fp32", b)), p50.get((f"{fmt}-int8", b))
+        if fp32 and int8:
+            lines.append(f"- {fmt}-int8 at batch {b}: **{fp32 / int8:.2f}x** the speed of {fmt}-fp32 (goal >= 1.3x)")
+save("residual50_export", doc, "\n".join(lines))
