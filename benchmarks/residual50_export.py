@@ -1,7 +1,8 @@
 """Issue 5: convert and validate the residual-50 from the depth study (all seven kinds, full test
-set), then bench fp32 vs int8 vs Keras in one run. residual50 has 4.3M parameters and ~125x the
-FLOPs of the default resmini, so it also answers whether int8 pays off once compute dominates
-(issue 4's int8 goal was missed on resmini). Writes results/residual50_export.*
+set), then bench fp32 vs int8 vs Keras in one run. residual50 has 4.3M parameters and 37x the
+FLOPs of the default resmini (286 vs 7.7 MFLOP per image), so it also answers whether int8 pays
+off once compute dominates (issue 4's int8 goal was missed on resmini). Writes
+results/residual50_export.*
 
 Usage: python benchmarks/residual50_export.py [RUN]   (default: artifacts/depth-cpu-reduced/runs/residual50)"""
 

@@ -5,7 +5,6 @@ default, with the seed's own numbers beside ours."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 from exporter import data as data_mod
@@ -70,10 +69,9 @@ def depth_study(*, out: Path, recipe: Recipe, dataset: data_mod.Dataset, depths=
             acc, seconds, run = man["training"]["test_accuracy"], man["training"]["seconds"], out / "runs" / name
             backend = man["training"]["backend"]
         else:
-            t0 = time.perf_counter()
             res = train(model_name=name, dataset=dataset, run=out / "runs" / name, recipe=recipe, seed=seed,
                         force=True, progress=progress)
-            acc, seconds, run, backend = res.test_accuracy, time.perf_counter() - t0, res.run, keras.backend.backend()
+            acc, seconds, run, backend = res.test_accuracy, res.seconds, res.run, keras.backend.backend()
         rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * acc,
                      "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(seconds, 1),
                      "epochs": recipe.epochs, "backend": backend, "reused": man is not None, "run": str(run)})
