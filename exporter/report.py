@@ -96,25 +96,64 @@ def render_plot(table: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     fig, ax = plt.subplots(figsize=(8, 5), dpi=110)
     biggest = max(r["bytes"] or 1 for r in pts)
+    sizes = {}
     for r in pts:
         size = 60 + 1400 * (r["bytes"] or 0) / biggest
-        style = dict(marker="*", color="black", s=size * 1.3, zorder=3) if r["reference"] else \
-            dict(marker="o", alpha=0.65, s=size, zorder=2)
+        sizes[r["kind"]] = size * 1.3 if r["reference"] else size
+        if r["reference"]:
+            style = dict(marker="*", color="black", s=size * 1.3, zorder=3)
+        elif r["passed"] is False:  # failed a gate: hollow, red edge
+            style = dict(marker="o", facecolors="none", edgecolors="tab:red", linewidths=1.5, s=size, zorder=2)
+        else:
+            style = dict(marker="o", alpha=0.65, s=size, zorder=2)
         ax.scatter(r["p50_ms_b1"], 100 * r["accuracy"], **style)
-        ax.annotate(r["kind"], (r["p50_ms_b1"], 100 * r["accuracy"]), textcoords="offset points", xytext=(8, 4),
-                    fontsize=8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.margins(x=0.12, y=0.12)
+    _place_labels(ax, fig, pts, sizes)
     ax.set_xlabel("p50 latency at batch 1 (ms, log scale)")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{table['model']} on {table['dataset']}: accuracy vs latency (marker area ~ file size; ★ Keras)")
+    ax.set_title(f"{table['model']} on {table['dataset']}: accuracy vs latency\n(marker area ~ file size; "
+                 "★ Keras; hollow red = failed its validation gate)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return True
+
+
+def _place_labels(ax, fig, pts: list[dict], sizes: dict) -> None:
+    """Name every point just right of its marker; a label that would overlap one already placed
+    moves down a line."""
+    fig.canvas.draw()
+    px = fig.dpi / 72  # pixels per point
+    placed = []  # display-space boxes (x0, y0, x1, y1): the markers, then each label placed
+    for r in pts:
+        x, y = ax.transData.transform((r["p50_ms_b1"], 100 * r["accuracy"]))
+        rad = (sizes[r["kind"]] ** 0.5) / 2 * px
+        placed.append((x - rad, y - rad, x + rad, y + rad))
+    for r in sorted(pts, key=lambda r: (-r["accuracy"], r["p50_ms_b1"])):
+        label = "Keras (reference)" if r["reference"] else r["kind"]
+        x, y = ax.transData.transform((r["p50_ms_b1"], 100 * r["accuracy"]))
+        gap = (sizes[r["kind"]] ** 0.5) / 2 + 3  # marker radius + 3, in points
+        width, height = (4.6 * len(label) + 2) * px, 10 * px  # 8 pt text, roughly
+        dy = -4.0  # points: centred on the marker
+        for _ in range(12):
+            box = (x + gap * px, y + dy * px, x + gap * px + width, y + dy * px + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+            dy -= 10
+        placed.append(box)
+        leader = dict(arrowprops=dict(arrowstyle="-", lw=0.5, color="0.5")) if dy != -4.0 else {}
+        ax.annotate(label, (r["p50_ms_b1"], 100 * r["accuracy"]), textcoords="offset points",
+                    xytext=(gap, dy), fontsize=8, **leader)
 
 
 def write_report(run: Path) -> dict:
