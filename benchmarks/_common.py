@@ -31,3 +31,18 @@ def need_run() -> Path:
     if not (RUN / "manifest.json").is_file():
         sys.exit(f"{RUN} missing: run benchmarks/pipeline_default.py first")
     return RUN
+
+
+def model_flops(model) -> int:
+    """Multiply-adds x 2 of every Conv2D and Dense, from the layers' output shapes."""
+    import keras
+
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            flops += 2 * h * w * c_out * kh * kw * layer.input.shape[-1]
+        elif isinstance(layer, keras.layers.Dense):
+            flops += 2 * layer.input.shape[-1] * layer.units
+    return int(flops)

@@ -4,25 +4,10 @@ OpenBLAS, all cores); each artifact's latency divided by FLOPs/peak, in the same
 import time
 
 import numpy as np
-from _common import machine, need_run, save
+from _common import machine, model_flops, need_run, save
 
 from exporter import data
 from exporter.bench import BenchConfig, bench
-
-
-def model_flops(model) -> int:
-    """Multiply-adds x 2 of every Conv2D and Dense, from the layers' output shapes."""
-    import keras
-
-    flops = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
-            kh, kw = layer.kernel_size
-            flops += 2 * h * w * c_out * kh * kw * layer.input.shape[-1]
-        elif isinstance(layer, keras.layers.Dense):
-            flops += 2 * layer.input.shape[-1] * layer.units
-    return int(flops)
 
 
 def gemm_peak(n=1024, repeats=20) -> float:

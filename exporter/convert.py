@@ -13,7 +13,7 @@ from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter.errors import OutputExistsError, UsageError
-from exporter.export.source import ExportSource, check_input_matches
+from exporter.export.source import ExportSource, check_input_matches, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
 from exporter.runtimes import load_runner
@@ -40,8 +40,7 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     check_input_matches(model_path, reference.input_shape, dataset.input_shape,
                         classes=dataset.num_classes, model_classes=reference.num_outputs)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
-        ExportSource(model_path, "keras", tuple(dataset.input_shape), unsafe=unsafe,
-                     _model=reference.model).check_weights_finite()
+        check_weights_finite(reference.model, model_path)
     reference.close()
     stem = model_path.stem if model_path.is_file() else model_path.name
     run = Path(run) if run else mf.artifacts_root() / mf.new_run_name(f"{stem}-import", dataset.name)

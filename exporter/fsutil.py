@@ -63,7 +63,7 @@ def atomic_path(final: Path, *, force: bool = True) -> Iterator[Path]:
     tmp = Path(tmp_name)
     # mkstemp creates 0600; give the file the mode a plain open() would (or keep the replaced file's).
     with contextlib.suppress(OSError):
-        os.chmod(tmp, final.stat().st_mode & 0o7777 if final.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, final.stat().st_mode & 0o7777 if final.exists() else 0o666 & ~current_umask())
     try:
         yield tmp
         if not tmp.exists() or tmp.stat().st_size == 0:
@@ -78,7 +78,8 @@ def atomic_path(final: Path, *, force: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is put back at once)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -21,7 +21,7 @@ from pathlib import Path
 from exporter import manifest as mf
 from exporter.data import Dataset
 from exporter.errors import OutputError, OutputExistsError, UsageError
-from exporter.fsutil import ensure_dir, sha256_file
+from exporter.fsutil import current_umask, ensure_dir, sha256_file
 from exporter.progress import NULL, Progress
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,7 @@ def staged_run(run: Path, *, force: bool):
                                 hint="pass --force to replace it, or choose another --run")
     ensure_dir(run.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}.", suffix=".partial", dir=run.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700; a run folder gets the mode a plain mkdir would
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a run folder gets the mode a plain mkdir would
     try:
         yield tmp
         old = None

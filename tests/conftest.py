@@ -106,11 +106,15 @@ def converted_run(trained_run, fmnist):
     return trained_run.run
 
 
-BLOCK_TF = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "tensorflow" or name.startswith("tensorflow."):
-            raise ImportError("tensorflow is blocked in this test")
-sys.meta_path.insert(0, Block())
-"""
+def block_imports_code(*modules: str) -> str:
+    """Python source that makes importing `modules` (and their submodules) fail, as on a machine
+    without them; prepend it to code run in a subprocess."""
+    return ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {modules!r}:\n"
+            "            raise ImportError(f'{name} is blocked in this test')\n"
+            "sys.meta_path.insert(0, Block())\n")
+
+
+BLOCK_TF = block_imports_code("tensorflow")

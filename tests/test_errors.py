@@ -22,16 +22,9 @@ from exporter import manifest as mf
 from exporter.cli import app
 from exporter.errors import MissingRuntimeError
 from exporter.fsutil import sha256_path
-from tests.conftest import write_idx, write_idx_dataset
+from tests.conftest import block_imports_code, write_idx, write_idx_dataset
 
-BLOCK_ORT = """
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "onnxruntime" or name.startswith("onnxruntime."):
-            raise ImportError("onnxruntime is blocked in this test")
-sys.meta_path.insert(0, Block())
-"""
+BLOCK_ORT = block_imports_code("onnxruntime")
 
 
 # ------------------------------------------------------------------------------ helpers

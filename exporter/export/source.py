@@ -42,13 +42,8 @@ class ExportSource:
         return self._model
 
     def check_weights_finite(self) -> None:
-        if self.family != "keras":
-            return
-        for w in self.keras_model().weights:
-            arr = np.asarray(w)
-            if not np.all(np.isfinite(arr)):
-                raise ModelFileError(f"{self.path}: weight '{w.path}' contains NaN or Inf",
-                                     hint="the model diverged in training; retrain it (lower --lr)")
+        if self.family == "keras":
+            check_weights_finite(self.keras_model(), self.path)
 
     def saved_model_dir(self) -> Path:
         """A SavedModel with a 'serving_default' signature: the form TFLite's converter needs for
@@ -84,6 +79,14 @@ class ExportSource:
         for tmp in self._tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         self._tmp.clear()
+
+
+def check_weights_finite(model, path: Path) -> None:
+    """NaN or Inf in any weight of a Keras model is bad input: refuse before anything is written."""
+    for w in model.weights:
+        if not np.all(np.isfinite(np.asarray(w))):
+            raise ModelFileError(f"{path}: weight '{w.path}' contains NaN or Inf",
+                                 hint="the model diverged in training; retrain it (lower --lr)")
 
 
 def check_input_matches(path: Path, model_shape, dataset_shape, *, classes: int | None = None,

@@ -35,17 +35,15 @@ FAMILY_BY_MAGIC = (("tflite", MAGIC["tflite"], "a TFLite flatbuffer"),
 def check_file(path: Path, family: str) -> None:
     """Refuse empty files and files whose content contradicts their suffix, naming both."""
     path = Path(path)
+    artifact = family in ("tflite", "onnx")  # convert can re-create these; a reference model it cannot
     if not path.exists():
         raise ModelFileError(f"{path} does not exist",
-                             hint="re-create it with `resexport convert`" if family in ("tflite", "onnx")
-                             else "restore the model file")
+                             hint="re-create it with `resexport convert`" if artifact else "restore the model file")
     if path.is_dir():
         return
-    size = path.stat().st_size
-    if size == 0:
-        hint = ("re-create it with `resexport convert --force`" if family in ("tflite", "onnx")
-                else "restore the model file, or re-save it from Keras")  # a reference model: convert can't make it
-        raise ModelFileError(f"{path} is empty (0 bytes)", hint=hint)
+    if path.stat().st_size == 0:
+        raise ModelFileError(f"{path} is empty (0 bytes)", hint="re-create it with `resexport convert --force`"
+                             if artifact else "restore the model file, or re-save it from Keras")
     with open(path, "rb") as fh:
         head = fh.read(16)
     if MAGIC[family](head):
