@@ -2,7 +2,7 @@
 set), then bench fp32 vs int8 vs Keras in one run. residual50 has 4.3M parameters and 37x the
 FLOPs of the default resmini (286 vs 7.7 MFLOP per image), so it also answers whether int8 pays
 off once compute dominates (issue 4's int8 goal was missed on resmini). Writes
-results/residual50_export.*
+results/<model>_export.* (any run from the study can be passed).
 
 Usage: python benchmarks/residual50_export.py [RUN]   (default: artifacts/depth-cpu-reduced/runs/residual50)"""
 
@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import ROOT, machine, save
+from _common import ROOT, machine, model_flops, save
 
 run = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "artifacts" / "depth-cpu-reduced" / "runs" / "residual50"
 if not (run / "manifest.json").is_file():
@@ -31,13 +31,17 @@ cli("bench", "--run", str(run), "--batch", "1,64", "--min-time", "2", "--min-run
 man = json.loads((run / "manifest.json").read_text())
 val = json.loads((run / "validation.json").read_text())
 ben = json.loads((run / "bench.json").read_text())
-doc = {"run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": man["model"], "training": man["training"],
+import keras  # noqa: E402
+
+flops = model_flops(keras.saving.load_model(run / man["model"]["file"]))
+doc = {"flops_per_image": flops, "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": man["model"], "training": man["training"],
        "validate_exit_code": val_exit, "validation": val, "bench": ben["results"], "machine": machine()}
 
 p50 = {(r["target"], r["batch"]): r["p50_ms"] for r in ben["results"]}
-lines = [f"# residual50 from the depth study: export, validation, bench ({doc['machine']['cpu']}, "
+name = man["model"]["name"]
+lines = [f"# {name} from the depth study: export, validation, bench ({doc['machine']['cpu']}, "
          f"{doc['machine']['cores']} cores, one run)", "",
-         f"Model: `{man['model']['name']}`, {man['model']['params']:,} params, Keras test accuracy "
+         f"Model: `{name}`, {man['model']['params']:,} params, {flops / 1e6:.1f} MFLOP per image, Keras test accuracy "
          f"{100 * man['training']['test_accuracy']:.2f}% (reduced CPU training: see depth-cpu-reduced/depth.md). "
          f"`resexport validate` exit code: {val_exit}.", "",
          "| kind | bytes | accuracy | Δ pt | agreement | agreement without near-ties | max abs diff | gate | p50 ms b=1 | "
@@ -61,4 +65,4 @@ for fmt in ("tflite", "onnx"):
         fp32, int8 = p50.get((f"{fmt}-fp32", b)), p50.get((f"{fmt}-int8", b))
         if fp32 and int8:
             lines.append(f"- {fmt}-int8 at batch {b}: **{fp32 / int8:.2f}x** the speed of {fmt}-fp32 (goal >= 1.3x)")
-save("residual50_export", doc, "\n".join(lines))
+save(f"{name}_export", doc, "\n".join(lines))
