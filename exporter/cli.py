@@ -29,6 +29,7 @@ from rich.table import Table
 
 from exporter import __version__
 from exporter.errors import EXIT_CODES, ResexportError
+from exporter.quiet import native_stderr_hidden, show_native
 
 app = typer.Typer(
     name="resexport",
@@ -40,7 +41,7 @@ app = typer.Typer(
 )
 out = Console(width=None if sys.stdout.isatty() else 200)  # results (tables, JSON)
 err = Console(stderr=True)           # progress and messages
-_state = {"debug": False}
+_state = {"debug": False, "custom_objects": []}
 
 
 # ------------------------------------------------------------------------------ plumbing
@@ -79,21 +80,6 @@ def _progress(json_out: bool = False) -> RichProgress:
     return RichProgress(enabled=not json_out and err.is_terminal or os.environ.get("RESEXPORT_PROGRESS") == "1")
 
 
-@contextlib.contextmanager
-def _native_stderr_hidden() -> Iterator[None]:
-    """Point file descriptor 2 at /dev/null for a while (Python's own stderr object is untouched)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow (and Keras) now, with fd 2 hidden: its C++ start-up lines ("Could not find
     cuda drivers", written before absl logging is set up) ignore TF_CPP_MIN_LOG_LEVEL and would
@@ -104,10 +90,18 @@ def _import_tensorflow_quietly() -> None:
     try:
         if importlib.util.find_spec("tensorflow") is None:
             return
-        with _native_stderr_hidden():
+        with native_stderr_hidden():
             import keras  # noqa: F401  (imports tensorflow)
     except BaseException:  # noqa: BLE001  (the real import, later, reports it properly)
         return
+
+
+def _import_custom_objects(sources: list[str]) -> None:
+    """Import the user's code that defines (and registers) custom layers or models."""
+    from exporter.runtimes.keras import import_custom_objects
+
+    for source in sources:
+        import_custom_objects(source)
 
 
 def _boundary(fn=None, *, tensorflow: bool = False):
@@ -121,6 +115,7 @@ def _boundary(fn=None, *, tensorflow: bool = False):
         try:
             if tensorflow:
                 _import_tensorflow_quietly()
+            _import_custom_objects(_state["custom_objects"])
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
@@ -161,8 +156,13 @@ def main_options(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors, and TensorFlow's native log."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
+    custom_objects: Optional[List[str]] = typer.Option(
+        None, "--custom-objects", help="A .py file or an importable module that defines your model's custom "
+        "layers or subclassed model (registered with keras.saving.register_keras_serializable); repeatable."),
 ):
     _state["debug"] = debug
+    show_native(debug)
+    _state["custom_objects"] = list(custom_objects or [])
     if debug and _USER_TF_LOG_LEVEL is None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -341,6 +341,8 @@ def validate(
         _print_json(report)
     else:
         _print_validation(report)
+    for warning in report.get("warnings", []):
+        err.print(f"[bold yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
     if not report["passed"]:
         raise ValidationFailed(f"{failure_summary(report)} (details in {run}/validation.json)")
 
@@ -350,14 +352,17 @@ def _print_validation(report: dict) -> None:
     table = Table(title=f"validation on {report['dataset']['samples']} {report['dataset']['name']} test images "
                         f"(Keras accuracy {ref['accuracy']:.2%})")
     for col in ("artifact", "size", "accuracy", "vs Keras", "agreement", "max |diff|", "mean |diff|",
-                "moved most", "gate"):
+                "batch 1/N/shuffled", "moved most", "gate"):
         table.add_column(col, justify="left" if col in ("artifact", "moved most", "gate") else "right")
     for r in report["artifacts"]:
         moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
         gate = "[green]pass[/]" if r["passed"] else "[red]FAIL[/] " + "; ".join(r["failures"])
         size = f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?"
+        b = r.get("batch_invariance") or {}
+        batch = f"{max(b['max_diff_batch_1'], b['max_diff_shuffled']):.1e}" if b else "-"
         table.add_row(r["kind"], size, f"{r['accuracy']:.2%}", f"{r['change_points']:+.2f} pt",
-                      f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}", f"{r['mean_abs_diff']:.1e}", moved, gate)
+                      f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}", f"{r['mean_abs_diff']:.1e}", batch, moved,
+                      gate)
     out.print(table)
 
 

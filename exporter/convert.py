@@ -12,11 +12,13 @@ from pathlib import Path
 from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
-from exporter.errors import OutputExistsError, UsageError
+from exporter import outputs
+from exporter.errors import InputError, OutputExistsError, UsageError
 from exporter.export.source import ExportSource, check_input_matches, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
 from exporter.runtimes import load_runner
+from exporter.validate import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem, batch_sample
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,14 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
                         classes=dataset.num_classes, model_classes=reference.num_outputs)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
         check_weights_finite(reference.model, model_path)
+    output, detected_by = _detect_output(getattr(reference, "model", None), reference, dataset)
+    batch = batch_invariance(reference, dataset, batch_size=64, convention=output,
+                             tolerance=REFERENCE_BATCH_TOLERANCE)
     reference.close()
+    if not batch["passed"]:  # e.g. a SavedModel that Keras' model.export traced in training mode
+        raise InputError(f"{model_path}: the model's {batch_problem(batch)}",
+                         hint="its Python is gone, so it cannot be re-traced for inference: export it again "
+                              "from the Keras model, or import the .keras file")
     stem = model_path.stem if model_path.is_file() else model_path.name
     run = Path(run) if run else mf.artifacts_root() / mf.new_run_name(f"{stem}-import", dataset.name)
     target = row.filename if row.family == "savedmodel" else f"model{model_path.suffix.lower()}"
@@ -54,9 +63,17 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
             "created": mf.now_iso(),
             "model": {"name": stem, "file": target, "format": row.family, "imported_from": str(model_path),
                       "sha256": sha256_path(tmp / target), "input_shape": list(dataset.input_shape),
-                      "num_classes": dataset.num_classes, "input_name": "image"},
+                      "num_classes": dataset.num_classes, "input_name": "image",
+                      "output": output, "output_detected_by": detected_by},
             "dataset": dataset.describe(), "versions": mf.library_versions(), "artifacts": {}})
     return run
+
+
+def _detect_output(model, runner, dataset) -> tuple[str, str]:
+    """Whether the model outputs probabilities or logits: its final activation where it has one,
+    else the values it gives on a few test images."""
+    sample = runner.predict(dataset.x_test[batch_sample(dataset)[:64]])
+    return outputs.detect(model, sample) if model is not None else outputs.detect_from_values(sample)
 
 
 def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, source_sha: str, calib_hash) -> bool:
@@ -101,9 +118,15 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     try:
         if source.family == "keras":
             model = source.keras_model()
-            check_input_matches(ref_path, model.input_shape[1:], dataset.input_shape,
-                                classes=dataset.num_classes, model_classes=model.output_shape[-1])
+            from exporter.runtimes.keras import KerasRunner
+
+            probe = KerasRunner(ref_path, model, device="cpu", mode="compiled")
+            check_input_matches(ref_path, probe.input_shape, dataset.input_shape,
+                                classes=dataset.num_classes, model_classes=probe.num_outputs)
             source.check_weights_finite()
+            if man["model"].get("output") not in outputs.CONVENTIONS:  # a run made before it was recorded
+                man["model"]["output"], man["model"]["output_detected_by"] = _detect_output(model, probe, dataset)
+                mf.write_manifest(run, man)
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)

@@ -45,6 +45,7 @@ def build_table(run: Path) -> dict:
              "p50_ms_b1": ref_bench["p50_ms"] if ref_bench else None,
              "p50_ms_b1_predict": (brows.get("keras (predict)") or {}).get("p50_ms"),
              "speedup_vs_keras_predict": (ref_bench or {}).get("speedup_vs_keras_predict"),
+             "batch_diff": _batch_diff((val or {}).get("reference", {})),
              "passed": None, "reference": True}]
     for kind, entry in man["artifacts"].items():
         v, b = vrows.get(kind, {}), brows.get(kind, {})
@@ -52,11 +53,19 @@ def build_table(run: Path) -> dict:
                      "change_points": v.get("change_points"), "agreement": v.get("agreement"),
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
                      "speedup_vs_keras_compiled": b.get("speedup_vs_keras_compiled"),
-                     "passed": v.get("passed"), "reference": False})
+                     "batch_diff": _batch_diff(v), "passed": v.get("passed"), "reference": False})
     return {"run": str(run), "model": man["model"].get("name"), "dataset": man["dataset"].get("name"),
             "test_samples": (val or {}).get("dataset", {}).get("samples"),
             "environment": (bench or {}).get("environment"), "rows": rows,
-            "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", [])}
+            "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", []),
+            "output": (val or {}).get("reference", {}).get("output", man["model"].get("output")),
+            "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", [])}
+
+
+def _batch_diff(validated: dict) -> float | None:
+    """Largest output difference of the batch-invariance check (batch 1 / batch N / shuffled)."""
+    b = validated.get("batch_invariance")
+    return max(b["max_diff_batch_1"], b["max_diff_shuffled"]) if b else None
 
 
 def _fmt(v, spec: str, none: str = "–") -> str:
@@ -68,14 +77,18 @@ def render_markdown(table: dict) -> str:
     lines = [f"# resexport report: {table['model']} on {table['dataset']}", "",
              f"Run `{table['run']}`. Accuracy on {table['test_samples'] or '?'} test images; latency is the "
              f"median of single calls at batch 1 on {env.get('cpu', '?')} ({env.get('cores', '?')} cores, "
-             f"device {env.get('device', '?')}). Speed-up is against Keras `model.predict` at batch 1.", "",
-             "| artifact | size | accuracy | vs Keras | agreement | p50 latency (b=1) | speed-up vs Keras | gate |",
-             "|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"device {env.get('device', '?')}). Speed-up is against Keras `model.predict` at batch 1. "
+             f"The model outputs {table.get('output') or '?'}; differences are taken between probabilities. "
+             "'batch diff' is the largest output difference between the same images run one at a time, in a "
+             "batch, and in that batch shuffled (the batch-invariance check).", ""]
+    lines += [f"> **Warning:** {w}" for w in table.get("warnings", [])] + ([""] if table.get("warnings") else [])
+    lines += ["| artifact | size | accuracy | vs Keras | agreement | batch diff | p50 latency (b=1) | speed-up vs Keras | gate |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in table["rows"]:
         gate = "reference" if r["reference"] else {True: "pass", False: "**FAIL**", None: "–"}[r["passed"]]
         lines.append(f"| {r['kind']} | {_fmt(r['bytes'] and r['bytes'] / 1024, '.1f')} KiB | "
                      f"{_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')}% | {_fmt(r['change_points'], '+.2f')} pt | "
-                     f"{_fmt(r['agreement'], '.2f')}% | {_fmt(r['p50_ms_b1'], '.3f')} ms | "
+                     f"{_fmt(r['agreement'], '.2f')}% | {_fmt(r.get('batch_diff'), '.1e')} | {_fmt(r['p50_ms_b1'], '.3f')} ms | "
                      f"{_fmt(r['speedup_vs_keras_predict'], '.1f')}x | {gate} |")
     if table.get("skipped"):
         lines += ["", "Not benchmarked: " + "; ".join(f"{s['target']} ({s['reason']})" for s in table["skipped"])]

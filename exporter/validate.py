@@ -1,10 +1,18 @@
 """Validation: one loop over any runners against the reference runner, on the full test set.
 
 It never asks which format it is checking: every artifact is a Runner, gates come from the
-formats table (or the caller's overrides)."""
+formats table (or the caller's overrides).
+
+Besides the test-set metrics, every runner (the reference included) goes through the
+batch-invariance check: a fixed sample of test images run one at a time, in the validation batch,
+and in that batch shuffled must give the same outputs. A model traced in training mode
+(BatchNormalization on batch statistics, augmentation at inference) fails it at once, where the
+test-set metrics at one batch size could look fine. Outputs are compared as probabilities (a
+logits model's through a softmax), so one threshold means the same for both conventions."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict
@@ -15,7 +23,8 @@ import numpy as np
 from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
-from exporter.errors import ModelFileError, UsageError
+from exporter import outputs as out_mod
+from exporter.errors import InputError, ModelFileError, UsageError
 from exporter.export.source import check_input_matches
 from exporter.fsutil import sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
@@ -34,11 +43,13 @@ def _test_set_hash(x: np.ndarray, y: np.ndarray) -> str:
 
 
 def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, unsafe, progress):
-    """The reference model's outputs on the test set, and a description of where they came from.
+    """The reference model's outputs on the test set, and a description of where they came from
+    (including its batch-invariance check).
 
     Computed with the reference runner and cached in the run (keyed by the model's sha256 and the
     test set's hash). Where the reference cannot be run (an edge box with no Keras/TensorFlow),
-    the cache is used instead, if it matches."""
+    the cache is used instead, if it matches. A reference whose outputs depend on the batch is bad
+    input (InputError): nothing could be validated against it."""
     from exporter.errors import MissingRuntimeError
     from exporter.fsutil import atomic_path, sha256_path
 
@@ -54,8 +65,10 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
             with np.load(cache) as npz:
                 if str(npz["model_sha256"]) == model_sha and str(npz["test_hash"]) == data_hash:
                     log.info("reference runtime missing (%s); using cached reference outputs", exc.message)
+                    batch = json.loads(str(npz["batch_invariance"])) if "batch_invariance" in npz else None
                     return npz["outputs"], {"kind": ref_kind, "file": man["model"]["file"], "source": "cache",
-                                            "seconds": None, "runner": {"engine": "cached outputs", "device": "-"}}
+                                            "seconds": None, "runner": {"engine": "cached outputs", "device": "-"},
+                                            "batch_invariance": batch}
         raise MissingRuntimeError(f"{exc.message}; and no matching cached reference outputs in {run}",
                                   hint=f"validate once where Keras runs (it caches {REFERENCE_CACHE}), or "
                                        f"{exc.hint}") from exc
@@ -65,21 +78,112 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
     if not np.all(np.isfinite(ref)):
         raise ModelFileError(f"{ref_path}: the reference model outputs NaN or Inf",
                              hint="the model is broken (diverged training?); retrain it")
+    convention = output_convention(man, ref)
+    batch = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
+                             tolerance=REFERENCE_BATCH_TOLERANCE)
+    runner.close()
+    if not batch["passed"]:
+        raise InputError(f"{ref_path}: the reference model's {batch_problem(batch)}",
+                         hint="it was probably exported or traced in training mode (e.g. Keras' model.export "
+                              "of a model with Resizing or Random* layers); import the .keras model instead")
     with atomic_path(run / REFERENCE_CACHE) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, outputs=ref, model_sha256=model_sha, test_hash=data_hash)
+            np.savez(fh, outputs=ref, model_sha256=model_sha, test_hash=data_hash,
+                     batch_invariance=json.dumps(batch))
     return ref, {"kind": ref_kind, "file": man["model"]["file"], "source": "computed",
-                 "seconds": round(seconds, 2), "runner": runner.info}
+                 "seconds": round(seconds, 2), "runner": runner.info, "batch_invariance": batch}
+
+
+def output_convention(man: dict, ref: np.ndarray) -> str:
+    """The manifest's record of what the model outputs; for runs made before it was recorded, the
+    reference's values decide."""
+    convention = man["model"].get("output")
+    if convention in out_mod.CONVENTIONS:
+        return convention
+    return out_mod.detect_from_values(ref[:256])[0]
+
+
+# ------------------------------------------------------------------ batch invariance
+
+BATCH_SAMPLE = 256          # test images in the batch-invariance check
+BATCH_SINGLES = 32          # of those, run one image per call
+REFERENCE_BATCH_TOLERANCE = 1e-3
+BATCH_CAUSE = "BatchNormalization or a random layer ran in training mode"
+
+
+def batch_sample(dataset) -> np.ndarray:
+    """The fixed test images of the batch-invariance check: stratified, the same on every run."""
+    n = min(BATCH_SAMPLE, len(dataset.y_test))
+    return data_mod.stratified_indices(dataset.y_test, n, seed=7)
+
+
+def batch_invariance(runner: Runner, dataset, *, batch_size: int, convention: str, tolerance: float) -> dict:
+    """Run the sample one image at a time, in batches of the validation batch size, and in those
+    batches shuffled; the outputs (as probabilities) must agree within `tolerance`."""
+    idx = batch_sample(dataset)
+    x = dataset.x_test[idx]
+    n = len(x)
+    batch = batch_size if batch_size > 1 else n
+    as_p = lambda y: out_mod.to_probabilities(y, convention)  # noqa: E731
+    batched = as_p(runner.predict_batched(x, batch))
+    k = min(BATCH_SINGLES, n)
+    singles = as_p(np.concatenate([runner.predict(x[i: i + 1]) for i in range(k)]))
+    perm = np.random.default_rng(7).permutation(n)
+    shuffled = np.empty_like(batched)
+    shuffled[perm] = as_p(runner.predict_batched(x[perm], batch))
+    finite = bool(np.all(np.isfinite(batched)) and np.all(np.isfinite(singles)) and np.all(np.isfinite(shuffled)))
+    d_single = float(np.abs(singles - batched[:k]).max()) if finite else float("inf")
+    d_shuffled = float(np.abs(shuffled - batched).max()) if finite else float("inf")
+    flips = int((singles.argmax(1) != batched[:k].argmax(1)).sum() + (shuffled.argmax(1) != batched.argmax(1)).sum())
+    return {"sample": n, "singles": k, "batch": min(batch, n), "max_diff_batch_1": d_single,
+            "max_diff_shuffled": d_shuffled, "top1_flips": flips, "tolerance": tolerance,
+            "passed": finite and max(d_single, d_shuffled) <= tolerance}
+
+
+def batch_problem(b: dict) -> str:
+    return (f"outputs depend on the batch: {BATCH_CAUSE} (max |diff| {b['max_diff_batch_1']:.2e} between batch 1 "
+            f"and batch {b['batch']}, {b['max_diff_shuffled']:.2e} with the batch shuffled; tolerance "
+            f"{b['tolerance']:.0e}; top-1 changed {b['top1_flips']} times)")
+
+
+# ------------------------------------------------------------------ what the reference can prove
+
+def uninformative_reasons(ref_probs: np.ndarray, labels: np.ndarray, class_names, near_ties_percent: float) -> list[str]:
+    """Why agreement with this reference would prove little: it predicts one class for most images,
+    scores near chance, or is unsure of most images."""
+    reasons = []
+    n = len(ref_probs)
+    if not n:
+        return reasons
+    pred = ref_probs.argmax(1)
+    counts = np.bincount(pred, minlength=len(class_names))
+    top = int(counts.argmax())
+    if counts[top] > n / 2:
+        name = class_names[top] if top < len(class_names) else str(top)
+        reasons.append(f"the reference predicts '{name}' for {100 * counts[top] / n:.0f}% of the test images")
+    chance = 100 / max(len(class_names), 1)
+    acc = 100 * float((pred == labels).mean())
+    if acc <= chance + 2:
+        reasons.append(f"the reference scores {acc:.2f}%, within 2 points of chance ({chance:.1f}%)")
+    if near_ties_percent > 50:
+        reasons.append(f"{near_ties_percent:.0f}% of the test images are near-ties for the reference")
+    return reasons
 
 
 NEAR_TIE_MARGIN = 0.05  # reference top-1 minus top-2 probability
 
 
-def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, class_names) -> dict:
-    """Metrics of one artifact's outputs against the reference's, both (N, classes)."""
+def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, class_names,
+            convention: str = out_mod.PROBABILITIES) -> dict:
+    """Metrics of one artifact's outputs against the reference's, both (N, classes) as the model
+    outputs them. Differences are taken between probabilities (softmax of logits); the raw
+    difference is reported beside them."""
     finite = bool(np.all(np.isfinite(out)))
     pred, ref_pred = out.argmax(1), ref.argmax(1)
-    diff = np.abs(out - ref) if finite else np.full_like(out, np.inf)
+    raw = np.abs(out - ref) if finite else np.full_like(out, np.inf)
+    ref_p = out_mod.to_probabilities(ref, convention)
+    diff = np.abs(out_mod.to_probabilities(out, convention) - ref_p) if finite else np.full_like(out, np.inf)
+    ref = ref_p
     per_class, moved = [], []
     for c, name in enumerate(class_names):
         mask = labels == c
@@ -100,6 +204,7 @@ def compare(ref: np.ndarray, out: np.ndarray, labels: np.ndarray, class_names) -
         "agreement_without_near_ties": float(100 * (pred == ref_pred)[confident].mean()) if confident.any() else None,
         "max_abs_diff": float(diff.max()) if diff.size else 0.0,
         "mean_abs_diff": float(diff.mean()) if diff.size else 0.0,
+        "raw_max_abs_diff": float(raw.max()) if raw.size else 0.0,
         "finite": finite,
         "per_class": per_class,
         "moved_most": [{"class": r["class"], "change_points": r["change_points"]} for r in moved
@@ -121,6 +226,9 @@ def check_gates(metrics: dict, gates: formats.Gates) -> list[str]:
         failures.append(f"accuracy drop {-metrics['change_points']:.2f} pt > {gates.max_drop} pt")
     if gates.max_abs_diff is not None and metrics["max_abs_diff"] > gates.max_abs_diff:
         failures.append(f"max |diff| {metrics['max_abs_diff']:.2e} > {gates.max_abs_diff:.0e}")
+    batch = metrics.get("batch_invariance")
+    if batch is not None and not batch["passed"]:
+        failures.append(batch_problem(batch))
     return failures
 
 
@@ -152,7 +260,9 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     x, y = dataset.x_test, dataset.y_test
     ref, ref_info = reference_outputs(run, man, dataset, batch_size=batch_size, threads=threads, unsafe=unsafe,
                                       progress=progress)
+    convention = output_convention(man, ref)
     ref_acc = float((ref.argmax(1) == y).mean())
+    ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
     for name in kinds:
         kind = formats.get(name)
@@ -161,9 +271,11 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         check_input_matches(run / entry["file"], runner.input_shape, dataset.input_shape,
                             classes=dataset.num_classes, model_classes=runner.num_outputs)
         out, seconds = run_runner(runner, x, batch_size, progress, name)
-        metrics = compare(ref, out, y, dataset.class_names)
+        metrics = compare(ref, out, y, dataset.class_names, convention)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
         gates = kind.gates.override(**(overrides or {}))
+        metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
+                                                       tolerance=gates.max_batch_diff)
         failures = check_gates(metrics, gates)
         unchanged = sha256_file(run / entry["file"]) == entry.get("sha256")
         if not unchanged:
@@ -173,10 +285,18 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
                         "gates": asdict(gates), "passed": not failures, "failures": failures,
                         "seconds": round(seconds, 2), "runner": runner.info})
         runner.close()
+    near_ties = compare(ref, ref, y, dataset.class_names, convention)["near_ties_percent"]
+    reasons = uninformative_reasons(ref_probs, y, dataset.class_names, near_ties)
+    warnings = []
+    if reasons:
+        warnings.append("this validation proves little: " + "; ".join(reasons)
+                        + " (agreement with such a reference carries little information; train the model further)")
     report = {
         "run": str(run), "created": mf.now_iso(),
         "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y))},
-        "reference": {**ref_info, "accuracy": ref_acc},
+        "reference": {**ref_info, "accuracy": ref_acc, "output": convention,
+                      "near_ties_percent": near_ties},
+        "informative": not reasons, "uninformative_reasons": reasons, "warnings": warnings,
         "artifacts": results,
         "passed": all(r["passed"] for r in results),
     }

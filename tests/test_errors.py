@@ -221,7 +221,7 @@ def test_unregistered_custom_layer_is_bad_input(tmp_path):
     model = tmp_path / "custom.keras"
     keras.Model(inp, out).save(model)
     result = cli("convert", "--model", model, "--run", tmp_path / "r")
-    assert_fails(result, 3, str(model), "custom class 'Doubler'", todo="register_keras_serializable")
+    assert_fails(result, 3, str(model), "custom class 'Doubler'", todo="--custom-objects")
     assert not (tmp_path / "r").exists()
 
 

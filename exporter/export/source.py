@@ -47,14 +47,27 @@ class ExportSource:
 
     def saved_model_dir(self) -> Path:
         """A SavedModel with a 'serving_default' signature: the form TFLite's converter needs for
-        calibration (variables frozen). Made once per source."""
+        calibration (variables frozen). Made once per source.
+
+        The signature calls the model with training=False explicitly. Keras' own
+        `model.export(format="tf_saved_model")` traces some models in training mode (a `Resizing` or
+        `Random*` layer anywhere inside flips it): BatchNormalization then normalises with batch
+        statistics and augmentation runs at inference, so every artifact depends on its batch."""
         if self.family == "savedmodel":
             return self.path
         if self._saved_model_dir is None:
-            tensorflow()
+            tf = tensorflow()
+            import keras
+
+            model = self.keras_model()
             tmp = Path(tempfile.mkdtemp(prefix="resexport-sm-"))
             self._tmp.append(tmp)
-            self.keras_model().export(str(tmp / "sm"), format="tf_saved_model", verbose=False)
+            archive = keras.export.ExportArchive()
+            archive.track(model)
+            spec = tf.TensorSpec((None, *self.input_shape), tf.float32, name=self.input_name)
+            archive.add_endpoint(name="serving_default", fn=lambda x: inference_call(model, x),
+                                 input_signature=[spec])
+            archive.write_out(str(tmp / "sm"), verbose=False)
             self._saved_model_dir = tmp / "sm"
         return self._saved_model_dir
 
@@ -79,6 +92,17 @@ class ExportSource:
         for tmp in self._tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         self._tmp.clear()
+
+
+def inference_call(model, x):
+    """The model's inference: training=False, never a framework's default tracing mode. A model
+    with several outputs (or a dict) is reduced to its first, the classifier head by convention."""
+    y = model(x, training=False)
+    if isinstance(y, dict):
+        y = next(iter(y.values()))
+    if isinstance(y, (list, tuple)):
+        y = y[0]
+    return y
 
 
 def check_weights_finite(model, path: Path) -> None:

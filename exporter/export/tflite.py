@@ -10,6 +10,7 @@ import numpy as np
 from exporter.errors import ResexportError, UsageError
 from exporter.export.source import ExportSource, tensorflow
 from exporter.fsutil import atomic_path
+from exporter.quiet import native_stderr_hidden
 
 
 def _convert(source: ExportSource, out: Path, configure) -> dict:
@@ -18,7 +19,8 @@ def _convert(source: ExportSource, out: Path, configure) -> dict:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir()))
     configure(tf, converter)
     try:
-        blob = converter.convert()
+        with native_stderr_hidden():  # the converter prints "fully_quantize: 0, inference_type: 6, ..." to fd 2
+            blob = converter.convert()
     except ResexportError:
         raise
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...

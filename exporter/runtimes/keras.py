@@ -37,11 +37,40 @@ def load_keras_model(path: Path, *, unsafe: bool = False):
         found = re.search(r"Could not locate (class|function) '([^']+)'", text)
         what = f"the custom {found[1]} '{found[2]}'" if found else f"a custom object ({text[:200]})"
         raise InputError(f"{path} uses {what}, which Keras does not know",
-                         hint="register it with keras.saving.register_keras_serializable, or re-save the "
-                              "model without it") from exc
+                         hint="pass `resexport --custom-objects FILE.py <command> ...` with the file that defines it "
+                              "(decorated with keras.saving.register_keras_serializable), or re-save the model "
+                              "without it") from exc
     except Exception as exc:  # zip/HDF5 corruption surfaces as many types
         raise ModelFileError(f"cannot load {path}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
                              hint="the file is corrupt or truncated; re-create it") from exc
+
+
+def import_custom_objects(source: str) -> None:
+    """Run the user's module that defines custom layers/models, so Keras can deserialise them: a
+    path to a .py file, or the dotted name of an importable module."""
+    import importlib
+    import importlib.util
+    import sys
+
+    path = Path(source)
+    try:
+        if path.suffix == ".py" or path.exists():
+            if not path.is_file():
+                raise InputError(f"--custom-objects {source} does not exist",
+                                 hint="pass the .py file that defines your custom layers, or a module name")
+            name = f"resexport_custom_{path.stem}"
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(source)
+    except InputError:
+        raise
+    except Exception as exc:  # the user's code: any error it raises is bad input to us
+        raise InputError(f"--custom-objects {source} failed to import: {type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]}", hint="fix that file or module, or import it "
+                                                                    "yourself to see the traceback") from exc
 
 
 def accelerator_available() -> str | None:
@@ -65,6 +94,18 @@ def accelerator_available() -> str | None:
 
             return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return None
+
+
+def _declared(model, attr: str):
+    """model.input_shape / output_shape of a functional or Sequential model: a single tensor's shape
+    (the first, for several); None where the model declares none (a subclassed model)."""
+    try:
+        shape = getattr(model, attr)
+    except (AttributeError, ValueError):
+        return None
+    if isinstance(shape, list) and shape and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return tuple(shape) if shape is not None else None
 
 
 class KerasRunner(Runner):
@@ -94,11 +135,14 @@ class KerasRunner(Runner):
 
     @property
     def input_shape(self):
-        return tuple(self.model.input_shape[1:])
+        """One image's shape; None for a subclassed model, which declares no input."""
+        shape = _declared(self.model, "input_shape")
+        return tuple(shape[1:]) if shape else None
 
     @property
     def num_outputs(self):
-        return self.model.output_shape[-1]
+        shape = _declared(self.model, "output_shape")
+        return shape[-1] if shape else None
 
     def _predict(self, x):
         import keras
@@ -109,9 +153,11 @@ class KerasRunner(Runner):
             return keras.ops.convert_to_numpy(self.model.predict_on_batch(x))
 
     def io_details(self):
-        return {"inputs": [{"name": self.model.inputs[0].name, "shape": list(self.model.input_shape),
+        inputs = getattr(self.model, "inputs", None)
+        in_shape, out_shape = _declared(self.model, "input_shape"), _declared(self.model, "output_shape")
+        return {"inputs": [{"name": inputs[0].name if inputs else "image", "shape": list(in_shape or []),
                             "dtype": "float32"}],
-                "outputs": [{"name": "probabilities", "shape": list(self.model.output_shape), "dtype": "float32"}]}
+                "outputs": [{"name": "probabilities", "shape": list(out_shape or []), "dtype": "float32"}]}
 
 
 class SavedModelRunner(Runner):

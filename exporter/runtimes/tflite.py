@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
+from exporter.quiet import native_stderr_hidden
 from exporter.runtimes.base import Runner, check_file
 
 
@@ -41,8 +42,9 @@ class TFLiteRunner(Runner):
         litert = require("ai_edge_litert.interpreter", extra="litert", purpose="Running .tflite files")
         check_file(Path(path), "tflite")
         try:
-            interp = litert.Interpreter(model_path=str(path), num_threads=threads)
-            interp.allocate_tensors()
+            with native_stderr_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                interp = litert.Interpreter(model_path=str(path), num_threads=threads)
+                interp.allocate_tensors()
         except Exception as exc:  # ValueError / RuntimeError from the flatbuffer verifier
             raise ModelFileError(f"cannot load {path}: {' '.join(str(exc).split())[:300]}",
                                  hint="the file is corrupt or truncated; re-create it") from exc
@@ -59,7 +61,8 @@ class TFLiteRunner(Runner):
     def _resize(self, n: int) -> None:
         if n != self._batch:
             self.interp.resize_tensor_input(self._in["index"], [n, *self.input_shape], strict=False)
-            self.interp.allocate_tensors()
+            with native_stderr_hidden():
+                self.interp.allocate_tensors()
             self._batch = n
 
     def _predict(self, x):

@@ -1,0 +1,113 @@
+"""Issue 10: do the artifacts compute the model's inference, for classifiers users bring?
+
+For every model in tests/user_models.py (Resizing inside; tutorial augmentation + Rescaling with a
+logits head; a keras.applications backbone; a subclassed model; a legacy .h5 by tf_keras), trained
+briefly on real Fashion-MNIST: convert to all seven kinds with resexport, then measure each
+artifact's largest difference of output probabilities from `model(x, training=False)` on 256 test
+images, run at batch 1 and at batch 64. For comparison, the same for a tflite-fp32 made the way
+resexport did before (from Keras' `model.export`, which traces some of these models in training
+mode). Then `resexport validate` on the full test set (gates + batch-invariance check).
+
+Writes results/user_models.{json,md}. Usage: python benchmarks/user_models.py   (~6 min on 2 cores)"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine, save
+
+import numpy as np  # noqa: E402
+
+from exporter import data, formats, outputs  # noqa: E402
+from exporter.runtimes import load_runner  # noqa: E402
+from tests import user_models as um  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from exporter.cli import app  # noqa: E402
+
+N_IMAGES = 256
+
+
+def cli(*args) -> tuple[int, str]:
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    return r.exit_code, r.stdout
+
+
+def run_at(runner_predict, x, batch):
+    return np.concatenate([runner_predict(x[i: i + batch]) for i in range(0, len(x), batch)])
+
+
+def old_path_fp32(model_path: Path, out: Path) -> Path:
+    """tflite-fp32 as resexport made it before issue 10: through Keras' model.export."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_path, compile=False)
+    model.export(str(out / "sm"), format="tf_saved_model", verbose=False)
+    (out / "old_fp32.tflite").write_bytes(tf.lite.TFLiteConverter.from_saved_model(str(out / "sm")).convert())
+    return out / "old_fp32.tflite"
+
+
+def main() -> None:
+    fm = data.load_dataset("fashion_mnist")
+    train = data.subset(fm, train_limit=um.TRAIN_IMAGES)
+    x = fm.x_test[data.stratified_indices(fm.y_test, N_IMAGES, seed=11)]
+    work = Path(tempfile.mkdtemp(prefix="resexport-user-models-"))
+    rows, validations = [], {}
+    for name in um.ALL:
+        t0 = time.perf_counter()
+        path = um.make(name, work / "models", train.x_train, train.y_train)
+        run = work / "runs" / name
+        code, _ = cli("convert", "--model", path, "--run", run, "--calib-samples", 200, "--json")
+        assert code == 0, f"convert {name} exited {code}"
+        man = json.loads((run / "manifest.json").read_text())
+        convention = man["model"]["output"]
+        keras_p = outputs.to_probabilities(um.inference(path, x, batch=64), convention)
+        targets = [(k.name, run / k.filename) for k in formats.EXPORTABLE]
+        targets.append(("tflite-fp32 via model.export (before)", old_path_fp32(path, work / name)))
+        for kind, file in targets:
+            runner = load_runner(file, kind="tflite-fp32" if "before" in kind else kind)
+            row = {"model": name, "output": convention, "kind": kind}
+            for batch in (1, 64):
+                p = outputs.to_probabilities(run_at(runner.predict, x, batch), convention)
+                row[f"max_diff_b{batch}"] = float(np.abs(p - keras_p).max())
+                row[f"agreement_b{batch}"] = float(100 * (p.argmax(1) == keras_p.argmax(1)).mean())
+            rows.append(row)
+        code, out = cli("validate", "--run", run, "--json")
+        report = json.loads(out)
+        validations[name] = {"exit_code": code, "reference_accuracy": report["reference"]["accuracy"],
+                             "reference_batch_invariance": report["reference"]["batch_invariance"],
+                             "warnings": report["warnings"],
+                             "artifacts": {a["kind"]: {k: a[k] for k in ("passed", "failures", "agreement", "max_abs_diff",
+                                                                        "raw_max_abs_diff", "batch_invariance")}
+                                           for a in report["artifacts"]}}
+        print(f"{name}: {time.perf_counter() - t0:.0f}s, validate exit {code}", file=sys.stderr)
+    doc = {"images": N_IMAGES, "train_images": um.TRAIN_IMAGES, "epochs": um.EPOCHS, "rows": rows,
+           "validation": validations, "machine": machine()}
+    lines = ["# Artifacts vs inference-mode Keras, for models users bring (issue 10)", "",
+             f"Max |diff| of output probabilities (softmax of logits for a logits head) against "
+             f"`model(x, training=False)` on {N_IMAGES} Fashion-MNIST test images, every artifact run at batch 1 "
+             f"and at batch 64; agreement = top-1 match. Models trained {um.EPOCHS} epochs on {um.TRAIN_IMAGES} "
+             "real training images (BatchNorm momentum 0.5, so moving statistics differ from batch statistics). "
+             "`python benchmarks/user_models.py`.", "",
+             "| model | output | kind | max diff b=1 | max diff b=64 | agreement b=1 | agreement b=64 |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['output']} | {r['kind']} | {r['max_diff_b1']:.1e} | {r['max_diff_b64']:.1e} | "
+                     f"{r['agreement_b1']:.1f}% | {r['agreement_b64']:.1f}% |")
+    lines += ["", "`resexport validate` on the full 10,000 test images (gates and batch-invariance check):", "",
+              "| model | Keras accuracy | exit | failed kinds |", "|---|---:|---:|---|"]
+    for name, v in validations.items():
+        failed = "; ".join(f"{k}: {', '.join(a['failures'])}" for k, a in v["artifacts"].items() if not a["passed"]) or "none"
+        lines.append(f"| {name} | {100 * v['reference_accuracy']:.2f}% | {v['exit_code']} | {failed} |")
+    lines += ["", f"Machine: {doc['machine']['cpu']}, {doc['machine']['cores']} cores."]
+    save("user_models", doc, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

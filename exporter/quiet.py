@@ -1,0 +1,43 @@
+"""Silencing what native libraries write straight to file descriptor 2.
+
+TensorFlow's converter ("fully_quantize: 0, inference_type: 6, ...") and LiteRT ("INFO: Created
+TensorFlow Lite XNNPACK delegate for CPU.") print from C++ to fd 2, bypassing Python's logging and
+TF_CPP_MIN_LOG_LEVEL: between a command's stage lines they read as errors. Library calls that make
+that noise run inside `native_stderr_hidden()`. `--debug` (show_native(True)) lets it through.
+Python's own sys.stderr object is untouched; what it writes meanwhile is lost, so only short,
+quiet calls are wrapped."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+_SHOW = {"native": False}
+
+
+def show_native(on: bool) -> None:
+    _SHOW["native"] = on
+
+
+@contextlib.contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the duration (unless --debug asked to see it)."""
+    if _SHOW["native"]:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no fd 2 (embedded interpreters): nothing to hide
+        yield
+        return
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
