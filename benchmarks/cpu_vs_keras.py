@@ -17,11 +17,11 @@ lines = [f"# Every artifact vs Keras, {doc['machine']['cpu']} ({doc['machine']['
          "|---|---:|---:|---:|---:|---:|---|"]
 for r in rows:
     goal = ""
-    if r["batch"] == 1 and not r["target"].startswith("keras"):
+    if r["batch"] == 1 and r["kind"] != "keras":
         goal = "met" if r["speedup_vs_keras_predict"] >= 10 else "**missed**"
     lines.append(f"| {r['target']} | {r['batch']} | {r['p50_ms']:.3f} | {r['throughput_ips']:.0f} | "
                  f"{r['speedup_vs_keras_predict']:.1f}x | {r['speedup_vs_keras_compiled']:.1f}x | {goal} |")
-fp32 = {r["batch"]: r["p50_ms"] for r in rows if r["target"] == "tflite-fp32"}
+fp32 = {r["batch"]: r["p50_ms"] for r in rows if r["kind"] == "tflite-fp32"}
 for r in rows:
     if r["kind"].endswith("int8"):
         lines.append(f"\n{r['target']} at batch {r['batch']}: {fp32[r['batch']] / r['p50_ms']:.2f}x the speed of "

@@ -37,7 +37,7 @@ flops = model_flops(keras.saving.load_model(run / man["model"]["file"]))
 doc = {"flops_per_image": flops, "run": str(run.relative_to(ROOT) if run.is_relative_to(ROOT) else run), "model": man["model"], "training": man["training"],
        "validate_exit_code": val_exit, "validation": val, "bench": ben["results"], "machine": machine()}
 
-p50 = {(r["target"], r["batch"]): r["p50_ms"] for r in ben["results"]}
+p50 = {(r["kind"], r.get("mode"), r["batch"]): r["p50_ms"] for r in ben["results"]}
 name = man["model"]["name"]
 lines = [f"# {name} from the depth study: export, validation, bench ({doc['machine']['cpu']}, "
          f"{doc['machine']['cores']} cores, one run)", "",
@@ -47,22 +47,22 @@ lines = [f"# {name} from the depth study: export, validation, bench ({doc['machi
          "| kind | bytes | accuracy | Δ pt | agreement | agreement without near-ties | max abs diff | gate | p50 ms b=1 | "
          "p50 ms b=64 | vs Keras predict b=1 |",
          "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
-speed = {(r["target"], r["batch"]): r["speedup_vs_keras_predict"] for r in ben["results"]}
+speed = {(r["kind"], r.get("mode"), r["batch"]): r["speedup_vs_keras_predict"] for r in ben["results"]}
 for a in val["artifacts"]:
     k = a["kind"]
     lines.append(f"| {k} | {a['bytes']:,} | {100 * a['accuracy']:.2f}% | {a['change_points']:+.2f} | "
                  f"{a['agreement']:.2f}% | {a['agreement_without_near_ties']:.2f}% | {a['max_abs_diff']:.1e} | {'pass' if a['passed'] else 'FAIL'} | "
-                 f"{p50.get((k, 1), float('nan')):.3f} | {p50.get((k, 64), float('nan')):.2f} | "
-                 f"{speed.get((k, 1), float('nan')):.0f}x |")
-for ref in ("keras (predict)", "keras (compiled)"):
-    lines.append(f"| {ref} | {man['model']['bytes']:,} | | | | | | | {p50.get((ref, 1), float('nan')):.3f} | "
-                 f"{p50.get((ref, 64), float('nan')):.2f} | |")
+                 f"{p50.get((k, None, 1), float('nan')):.3f} | {p50.get((k, None, 64), float('nan')):.2f} | "
+                 f"{speed.get((k, None, 1), float('nan')):.0f}x |")
+for mode in ("predict", "compiled"):
+    lines.append(f"| keras ({mode}) | {man['model']['bytes']:,} | | | | | | | {p50.get(('keras', mode, 1), float('nan')):.3f} | "
+                 f"{p50.get(('keras', mode, 64), float('nan')):.2f} | |")
 near = val["artifacts"][0]["near_ties_percent"]
 lines += ["", f"Near-ties: the {near:.1f}% of test images where the Keras model's top two probabilities are < 0.05 "
           "apart (reported, not gated).", ""]
 for fmt in ("tflite", "onnx"):
     for b in (1, 64):
-        fp32, int8 = p50.get((f"{fmt}-fp32", b)), p50.get((f"{fmt}-int8", b))
+        fp32, int8 = p50.get((f"{fmt}-fp32", None, b)), p50.get((f"{fmt}-int8", None, b))
         if fp32 and int8:
             lines.append(f"- {fmt}-int8 at batch {b}: **{fp32 / int8:.2f}x** the speed of {fmt}-fp32 (goal >= 1.3x)")
 save(f"{name}_export", doc, "\n".join(lines))

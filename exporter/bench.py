@@ -44,6 +44,10 @@ class BenchConfig:
             raise UsageError(f"--batch sizes must be positive, got {list(self.batches)}")
         if self.warmup < 0 or self.min_runs < 1 or self.min_time < 0:
             raise UsageError("--warmup must be >= 0, --min-runs >= 1, --min-time >= 0")
+        from exporter.runtimes import DEVICES
+
+        if self.device not in DEVICES:
+            raise UsageError(f"unknown --device '{self.device}'", hint=f"use {' or '.join(DEVICES)}")
 
 
 def latency_stats(seconds: list[float], batch: int) -> dict:
@@ -79,16 +83,6 @@ def time_calls(call: Callable[[np.ndarray], object], images: np.ndarray, batch: 
     return latency_stats(latencies, batch)
 
 
-def _rss_mb() -> float:
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def environment(device: str) -> dict:
     cpu = platform.processor() or "?"
     try:
@@ -108,13 +102,28 @@ def environment(device: str) -> dict:
             "versions": mf.library_versions()}
 
 
-@dataclass
+KERAS_MODES = ("predict", "compiled")  # model.predict, and the backend's compiled predict_on_batch
+
+
+@dataclass(frozen=True)
 class Target:
-    """Something to time: a label, the path, and how to load it."""
-    label: str
+    """Something to time: an artifact kind from the formats table, and for the Keras reference the
+    way it is called (`mode`: predict or compiled). Results and speed-ups are keyed by (kind, mode)."""
     kind: str
     path: Path
-    options: dict
+    mode: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.mode)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} ({self.mode})" if self.mode else self.kind
+
+    @property
+    def options(self) -> dict:
+        return {"mode": self.mode} if self.mode else {}
 
 
 def targets_for(run: Path, man: dict, kinds: list[str] | None, include_reference: bool = True) -> list[Target]:
@@ -123,10 +132,9 @@ def targets_for(run: Path, man: dict, kinds: list[str] | None, include_reference
     ref_path = run / man["model"]["file"]
     if include_reference:
         if ref_kind == "keras":
-            out.append(Target("keras (predict)", "keras", ref_path, {"mode": "predict"}))
-            out.append(Target("keras (compiled)", "keras", ref_path, {"mode": "compiled"}))
+            out.extend(Target("keras", ref_path, mode) for mode in KERAS_MODES)
         else:
-            out.append(Target(ref_kind, ref_kind, ref_path, {}))
+            out.append(Target(ref_kind, ref_path))
     available = list(man["artifacts"])
     chosen = kinds or available
     missing = [k for k in chosen if k not in available and k not in ("keras", "savedmodel")]
@@ -134,14 +142,13 @@ def targets_for(run: Path, man: dict, kinds: list[str] | None, include_reference
         raise UsageError(f"{run} has no artifact {', '.join(missing)}", hint=f"available: {', '.join(available)}")
     for k in chosen:
         if k in available:
-            out.append(Target(k, k, run / man["artifacts"][k]["file"], {}))
+            out.append(Target(k, run / man["artifacts"][k]["file"]))
     return out
 
 
 def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None) -> list[dict]:
     """Cold start, then every batch size, for one target. Raises MissingRuntimeError if it cannot
     run on cfg.device (the caller records that as skipped)."""
-    rss0 = _rss_mb()
     t0 = time.perf_counter()
     runner: Runner = load_runner(target.path, kind=target.kind, device=cfg.device, threads=cfg.threads,
                                  **target.options)
@@ -152,26 +159,41 @@ def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None
     rows = []
     for batch in cfg.batches:
         stats = time_calls(runner.predict, images, batch, cfg)
-        rows.append({"target": target.label, "kind": target.kind, "batch": batch, **stats,
+        rows.append({"target": target.label, "kind": target.kind, "mode": target.mode, "batch": batch, **stats,
                      "cold_start_ms": (load_s + first_s) * 1e3, "load_ms": load_s * 1e3,
                      "first_inference_ms": first_s * 1e3, "engine": runner.info.get("engine"),
                      "provider": runner.info.get("provider"), "device": cfg.device,
                      "threads": runner.info.get("threads"), "precision": runner.info.get("precision")})
         if task is not None:
             task.advance()
-    rss = _rss_mb() - rss0
-    for r in rows:
-        r["rss_increase_mb"] = round(rss, 1)
     runner.close()
     return rows
 
 
+def bench_inputs(run: Path, man: dict, targets: list[Target], cfg: BenchConfig, env: dict) -> dict:
+    """What a benchmark depends on: the stage key's inputs (every target by sha256, the settings,
+    the machine and the runtimes' versions)."""
+    from exporter.fsutil import sha256_path
+
+    return {"targets": {t.label: sha256_path(t.path) if t.path.exists() else None for t in targets},
+            "config": asdict(cfg), "machine": {k: env.get(k) for k in ("cpu", "cores", "gpu", "device", "versions")}}
+
+
 def bench(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = None, cfg: BenchConfig = BenchConfig(),
           strict: bool = False, include_reference: bool = True, progress: Progress = NULL,
-          write: bool = True) -> dict:
+          write: bool = True, reuse: bool = False) -> dict:
+    """Time every target of the run. Writes bench.json (unless write=False). With reuse=True, a
+    bench.json made from the same inputs (its inputs_key) is returned as it is, marked "reused"."""
     cfg.check()
     man = mf.read_manifest(run)
     targets = targets_for(run, man, kinds, include_reference)
+    env = environment(cfg.device)
+    inputs = bench_inputs(run, man, targets, cfg, env)
+    key = mf.inputs_key(inputs)
+    if reuse:
+        stored = mf.read_json_if(run / BENCH_FILE)
+        if stored is not None and stored.get("inputs_key") == key:
+            return {**stored, "reused": True}
     images = np.ascontiguousarray(dataset.x_test[: max(512, max(cfg.batches) * 4)])
     rows, skipped = [], []
     with progress.task(f"benchmarking on {cfg.device}", total=len(targets) * len(cfg.batches)) as task:
@@ -182,13 +204,13 @@ def bench(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = Non
             except MissingRuntimeError as exc:
                 if strict:
                     raise
-                skipped.append({"target": t.label, "kind": t.kind, "reason": exc.one_line()})
+                skipped.append({"target": t.label, "kind": t.kind, "mode": t.mode, "reason": exc.one_line()})
                 task.advance(len(cfg.batches))
     if not rows:
         reasons = "; ".join(f"{s['target']}: {s['reason']}" for s in skipped)
         raise MissingRuntimeError(f"nothing could run on --device {cfg.device}: {reasons}")
     _add_speedups(rows)
-    report = {"run": str(run), "created": mf.now_iso(), "config": asdict(cfg), "environment": environment(cfg.device),
+    report = {"run": str(run), "created": mf.now_iso(), "inputs_key": key, "config": asdict(cfg), "environment": env,
               "results": rows, "skipped": skipped}
     if write:
         write_json_atomic(run / BENCH_FILE, report)
@@ -197,8 +219,8 @@ def bench(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = Non
 
 def _add_speedups(rows: list[dict]) -> None:
     """Speed-up of each row over Keras at the same batch size: vs model.predict and vs the compiled call."""
-    for ref_label, key in (("keras (predict)", "speedup_vs_keras_predict"), ("keras (compiled)", "speedup_vs_keras_compiled")):
-        ref = {r["batch"]: r["p50_ms"] for r in rows if r["target"] == ref_label}
+    for mode in KERAS_MODES:
+        ref = {r["batch"]: r["p50_ms"] for r in rows if (r["kind"], r.get("mode")) == ("keras", mode)}
         for r in rows:
             if r["batch"] in ref and r["p50_ms"] > 0:
-                r[key] = ref[r["batch"]] / r["p50_ms"]
+                r[f"speedup_vs_keras_{mode}"] = ref[r["batch"]] / r["p50_ms"]

@@ -1,35 +1,30 @@
-"""The `resexport` command line: parse, call the library, print. No logic lives here.
+"""The `resexport` command line: parse, call the library, show. No logic lives here.
 
-Every command runs inside `_boundary`, the one place where the project's errors become a one-line
-message on stderr and a documented exit code (see exporter/errors.py and README, Troubleshooting).
+Plumbing (the error boundary, progress bars, quiet imports, table printing) is in
+exporter/console.py; table layouts come from exporter/report.py, so the terminal and report.md
+show the same rows. Help texts that list kinds or gates are generated from exporter/formats.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import importlib.util
-import json
 import logging
 import os
 import sys
-from enum import Enum
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 # Quiet TensorFlow's C++ chatter before anything can import it (--debug turns it back on).
 _USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from exporter import __version__
-from exporter.errors import EXIT_CODES, ResexportError
-from exporter.quiet import native_stderr_hidden, show_native
+from exporter import formats
+from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
+                              warn)
+from exporter.quiet import show_native
 
 app = typer.Typer(
     name="resexport",
@@ -38,200 +33,41 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: paragraphs re-wrapped, no type labels on flags
 )
-out = Console(width=None if sys.stdout.isatty() else 200)  # results (tables, JSON)
-err = Console(stderr=True)           # progress and messages
-_state = {"debug": False, "custom_objects": []}
 
 
-# ------------------------------------------------------------------------------ plumbing
-
-class RichProgress:
-    """exporter.progress.Progress on Rich, drawn on stderr (stdout stays machine-readable)."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None = None) -> Iterator:
-        if not self.enabled:
-            from exporter.progress import NULL
-
-            with NULL.task(description, total) as t:
-                yield t
-            return
-        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn()] if total else [SpinnerColumn(), TextColumn("{task.description}"),
-                                                       TimeElapsedColumn()]
-        with Progress(*columns, console=err, transient=False) as bar:
-            tid = bar.add_task(description, total=total)
-
-            class _T:
-                def advance(self, n: int = 1) -> None:
-                    bar.advance(tid, n)
-
-                def describe(self, text: str) -> None:
-                    bar.update(tid, description=f"{description}: {text}")
-
-            yield _T()
-
-
-def _progress(json_out: bool = False) -> RichProgress:
-    return RichProgress(enabled=not json_out and err.is_terminal or os.environ.get("RESEXPORT_PROGRESS") == "1")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow (and Keras) now, with fd 2 hidden: its C++ start-up lines ("Could not find
-    cuda drivers", written before absl logging is set up) ignore TF_CPP_MIN_LOG_LEVEL and would
-    bury the one-line messages. Skipped under --debug, other Keras backends, or without TensorFlow;
-    any failure is left for the real import to report."""
-    if _state["debug"] or "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    try:
-        if importlib.util.find_spec("tensorflow") is None:
-            return
-        with native_stderr_hidden():
-            import keras  # noqa: F401  (imports tensorflow)
-    except BaseException:  # noqa: BLE001  (the real import, later, reports it properly)
-        return
-
-
-def _import_custom_objects(sources: list[str]) -> None:
-    """Import the user's code that defines (and registers) custom layers or models."""
-    from exporter.runtimes.keras import import_custom_objects
-
-    for source in sources:
-        import_custom_objects(source)
-
-
-def _boundary(fn=None, *, tensorflow: bool = False):
-    """Run a command; map errors to one line + exit code. --debug shows tracebacks. With
-    tensorflow=True, TensorFlow is imported first without its native start-up noise."""
-    if fn is None:
-        return functools.partial(_boundary, tensorflow=tensorflow)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            if tensorflow:
-                _import_tensorflow_quietly()
-            _import_custom_objects(_state["custom_objects"])
-            return fn(*args, **kwargs)
-        except typer.Exit:
-            raise
-        except ResexportError as exc:
-            if _state["debug"]:
-                raise
-            err.print(f"[bold red]error[/] ({exc.kind}): {escape(exc.one_line())}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]: nothing half-written was left behind")
-            raise typer.Exit(EXIT_CODES["interrupted"]) from None
-        except Exception as exc:  # a bug: say so in one line, keep the traceback behind --debug
-            if _state["debug"]:
-                raise
-            text = " ".join(str(exc).split())[:300]
-            err.print(f"[bold red]internal error[/]: {type(exc).__name__}: {escape(text)} "
-                      "(rerun with --debug for the traceback, and please report it)",
-                      highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_CODES["internal"]) from None
-
-    return wrapper
-
-
-def _print_json(obj) -> None:
-    from exporter.fsutil import _json_default
-
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def _version(value: bool):
-    if value:
-        out.print(f"resexport {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main_options(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors, and TensorFlow's native log."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
-    custom_objects: Optional[List[str]] = typer.Option(
-        None, "--custom-objects", help="A .py file or an importable module that defines your model's custom "
-        "layers or subclassed model (registered with keras.saving.register_keras_serializable); repeatable."),
-):
-    _state["debug"] = debug
-    show_native(debug)
-    _state["custom_objects"] = list(custom_objects or [])
-    if debug and _USER_TF_LOG_LEVEL is None:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if not verbose:
-        for noisy in ("tensorflow", "absl", "tf2onnx", "h5py"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-# ------------------------------------------------------------------------------ train
-
-@app.command()
-@_boundary(tensorflow=True)
-def train(
-    model: str = typer.Option("resmini", "--model", "-m", help="Registry model: resmini (CPU default), "
-                              "plain12/20/32/50, residual12/20/32/50 (seed 003), resnet18/34 (seed 000)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
-                                          "(default: the model's own dataset)."),
-    recipe: str = typer.Option("fast", "--recipe", help="'fast' (CPU default: Adam 2e-3 cosine, batch 128, "
-                               "6 epochs) or 'seed' (seed 003: Adam 1e-4 decay 1e-6, batch 150, 25 epochs)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Override the recipe's batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
-    bn_momentum: Optional[float] = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum "
-                                                "(default: the model's own). Use 0.9 for short runs."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (weights, shuffling)."),
-    run: Optional[Path] = typer.Option(None, "--run", help="Run folder to create (default: "
-                                       "artifacts/<model>-<dataset>-<time>)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run folder."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where the dataset files are "
-                                            "(else $RESEXPORT_DATA, ~/.keras/datasets, /usr/share/datasets)."),
-    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset "
-                                              "of this many images (quick runs)."),
-    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
-    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-):
-    """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
-    from exporter import data as data_mod
-    from exporter import manifest as mf
-    from exporter.models import MODELS, build_model  # noqa: F401  (validates the name early)
-    from exporter.train import resolve_recipe, train as train_fn
-
-    if model not in MODELS:
-        from exporter.errors import UsageError
-
-        raise UsageError(f"unknown model '{model}'", hint=f"choose one of: {', '.join(MODELS)}")
-    dataset = dataset or MODELS[model].dataset
-    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
-    ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
-    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
-                      progress=_progress(json_out))
-    summary = {"run": str(result.run), "model": model, "dataset": dataset,
-               "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
-               "epochs": result.epochs}
-    if json_out:
-        _print_json(summary)
-    else:
-        out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
-                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}")
+def flag(*names: str, help: str):  # noqa: A002  (typer's own keyword)
+    return typer.Option(False, *names, help=help)
 
 
 # ------------------------------------------------------------------------------ shared options
 
 RUN_OPT = typer.Option(None, "--run", help="Run folder (default: the newest under artifacts/).")
-DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else the usual places).")
+DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else $RESEXPORT_DATA, "
+                        "~/.keras/datasets, /usr/share/datasets).")
 THREADS_OPT = typer.Option(None, "--threads", help="CPU threads for TFLite/ONNX Runtime (default: the runtime's).")
-UNSAFE_OPT = typer.Option(False, "--unsafe", help="Allow Keras models with Lambda layers (runs code from the file).")
-JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+UNSAFE_OPT = flag("--unsafe", help="Allow Keras models with Lambda layers (runs code from the file).")
+JSON_OPT = flag("--json", help="Print machine-readable JSON on stdout (progress and messages go to stderr).")
+EPOCHS_OPT = typer.Option(None, "--epochs", help="Override the recipe's epochs.")
+BATCH_SIZE_OPT = typer.Option(None, "--batch-size", help="Override the recipe's batch size.")
+LR_OPT = typer.Option(None, "--lr", help="Override the recipe's learning rate.")
+BN_OPT = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum (default: the model's own). "
+                      "Use 0.9 for short runs: with 0.99, ~100 steps leave a third of the initial statistics.")
+SEED_OPT = typer.Option(0, "--seed", help="Random seed (weights, shuffling).")
+TRAIN_LIMIT_OPT = typer.Option(None, "--train-limit", help="Train on a stratified subset of this many images.")
+TEST_LIMIT_OPT = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset of the test set.")
+
+
+def _recipe_help() -> str:
+    from exporter.train import RECIPES
+
+    return "Training recipe: " + "; ".join(f"'{name}' ({r.description})" for name, r in RECIPES.items()) + "."
+
+
+# Not generated: listing the registry would import Keras (and TensorFlow) for every --help.
+MODELS_HELP = ("Registry model: resmini (the CPU default), plain12/20/32/50 and residual12/20/32/50 (seed 003), "
+               "resnet18/34 (seed 000). See README, Models.")
 
 
 def _run_dataset(run: Path, data_dir, test_limit=None):
@@ -248,35 +84,116 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
+def _ints(text: str, flag_name: str) -> tuple[int, ...]:
+    from exporter.errors import UsageError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag_name} takes comma-separated whole numbers, got '{text}'") from None
+    if not values:
+        raise UsageError(f"{flag_name} is empty")
+    return values
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"resexport {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = flag("--debug", help="Show full tracebacks instead of one-line errors, and TensorFlow's native log."),
+    verbose: bool = flag("--verbose", "-v", help="Log what the library does (to stderr)."),
+    custom_objects: Optional[List[str]] = typer.Option(
+        None, "--custom-objects", help="A .py file or an importable module that defines your model's custom "
+        "layers or subclassed model (registered with keras.saving.register_keras_serializable); repeatable."),
+):
+    state["debug"] = debug
+    show_native(debug)
+    state["custom_objects"] = list(custom_objects or [])
+    if debug and _USER_TF_LOG_LEVEL is None:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not verbose:
+        for noisy in ("tensorflow", "absl", "tf2onnx", "h5py"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+# ------------------------------------------------------------------------------ train
+
+@app.command(short_help="Train a registry model into a new run folder.")
+@boundary(tensorflow=True)
+def train(
+    model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
+                                          "(default: the model's own dataset)."),
+    recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
+    epochs: Optional[int] = EPOCHS_OPT,
+    batch_size: Optional[int] = BATCH_SIZE_OPT,
+    lr: Optional[float] = LR_OPT,
+    bn_momentum: Optional[float] = BN_OPT,
+    seed: int = SEED_OPT,
+    run: Optional[Path] = typer.Option(None, "--run", help="Run folder to create (default: "
+                                       "artifacts/<model>-<dataset>-<time>)."),
+    force: bool = flag("--force", help="Replace an existing run folder."),
+    data_dir: Optional[Path] = DATA_OPT,
+    train_limit: Optional[int] = TRAIN_LIMIT_OPT,
+    test_limit: Optional[int] = TEST_LIMIT_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
+    from exporter import data as data_mod
+    from exporter import manifest as mf
+    from exporter.models import spec
+    from exporter.train import resolve_recipe, train as train_fn
+
+    dataset = dataset or spec(model).dataset
+    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
+    run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
+    ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
+                      progress=progress(json_out))
+    summary = {"run": str(result.run), "model": model, "dataset": dataset,
+               "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
+               "epochs": result.epochs}
+    if json_out:
+        print_json(summary)
+    else:
+        out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
+                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}")
+
+
 # ------------------------------------------------------------------------------ convert
 
-@app.command()
-@_boundary(tensorflow=True)
+@app.command(short_help="Export a run's model to TFLite and/or ONNX.",
+             help="Export a run's model to TFLite and/or ONNX; every artifact is recorded in manifest.json. "
+                  "Artifacts already made from the same model are kept (reported 'up to date').\n\n"
+                  f"Kinds: {formats.kinds_help()}.")
+@boundary(tensorflow=True)
 def convert(
     run: Optional[Path] = RUN_OPT,
     model: Optional[Path] = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
                                          ".h5, or a TF SavedModel folder (a new run folder is made for it)."),
-    fmt: str = typer.Option("all", "--format", "-f", help="tflite, onnx or all."),
-    quantize: str = typer.Option("all", "--quantize", "-q", help="none (float32), float16, dynamic, int8 or all. "
-                                 "int8 is full-integer TFLite / QDQ ONNX, calibrated on --calib-samples "
-                                 "training images."),
+    fmt: str = typer.Option("all", "--format", "-f", help=f"One of {', '.join(formats.FORMAT_CHOICES)}."),
+    quantize: str = typer.Option("all", "--quantize", "-q", help=f"One of {', '.join(formats.QUANTIZE_CHOICES)} "
+                                 "('none' is float32). int8 is calibrated on --calib-samples training images."),
     calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
                                       "(stratified, from the training split only)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="With --model: the dataset it was "
                                           "trained on (default fashion_mnist)."),
     data_dir: Optional[Path] = DATA_OPT,
-    force: bool = typer.Option(False, "--force", help="Replace artifacts made from another model or calibration."),
+    force: bool = flag("--force", help="Replace artifacts made from another model or calibration."),
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    """Export a run's model to TFLite and/or ONNX; every artifact is recorded in manifest.json.
-
-    Kinds: tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx-fp32, onnx-fp16, onnx-int8.
-    Artifacts already made from the same model are kept (reported 'up to date')."""
     from exporter import data as data_mod
-    from exporter import formats
     from exporter import manifest as mf
     from exporter.convert import convert as convert_fn, import_model
+    from exporter.report import CONVERT_HEADERS, convert_rows
 
     kinds = formats.select(fmt, quantize)
     if model is not None:
@@ -287,25 +204,24 @@ def convert(
         run = mf.resolve_run(run)
         ds = _run_dataset(run, data_dir)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
-                        unsafe=unsafe, progress=_progress(json_out))
-    man = mf.read_manifest(run)
-    rows = [{"kind": k, "status": st, "file": man["artifacts"][k]["file"], "bytes": man["artifacts"][k]["bytes"],
-             "seconds": man["artifacts"][k].get("seconds")} for k, st in status.items()]
+                        unsafe=unsafe, progress=progress(json_out))
+    rows = convert_rows(mf.read_manifest(run), status)
     if json_out:
-        _print_json({"run": str(run), "artifacts": rows})
-        return
-    table = Table(title=f"converted {run}")
-    for col in ("kind", "file", "size", "status", "seconds"):
-        table.add_column(col, justify="right" if col in ("size", "seconds") else "left")
-    for r in rows:
-        table.add_row(r["kind"], r["file"], f"{r['bytes'] / 1024:.1f} KiB", r["status"], f"{r['seconds']:.1f}")
-    out.print(table)
+        print_json({"run": str(run), "artifacts": rows})
+    else:
+        print_table(f"converted {run}", CONVERT_HEADERS, [[r[h] for h in ("kind", "file", "size", "status", "seconds")]
+                                                         for r in rows])
 
 
 # ------------------------------------------------------------------------------ validate
 
-@app.command()
-@_boundary
+@app.command(short_help="Check every artifact against the Keras original on the test set.",
+             help="Check every artifact against the Keras original on the real test set: accuracy, change vs "
+                  "Keras, top-1 agreement, output difference (as probabilities), batch invariance (batch 1 / "
+                  "batch N / shuffled), per-class accuracy. Writes validation.json; exits 4 naming each artifact "
+                  "and metric that misses its gate.\n\n"
+                  f"Default gates: {formats.gates_help()}.")
+@boundary
 def validate(
     run: Optional[Path] = RUN_OPT,
     artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to check "
@@ -318,70 +234,37 @@ def validate(
                                                  "difference of output probabilities."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per inference call."),
     threads: Optional[int] = THREADS_OPT,
-    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Use a stratified subset of the test "
-                                             "set (default: all of it)."),
+    test_limit: Optional[int] = TEST_LIMIT_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    """Check every artifact against the Keras original on the real test set: accuracy, change vs
-    Keras, top-1 agreement, output difference, per-class accuracy. Exits 4 naming each artifact and
-    metric that misses its gate (defaults per kind: fp32 agreement >= 99.9%, fp16 >= 99.5%,
-    dynamic >= 99%, int8 drop <= 1 pt and agreement >= 97%). Writes validation.json."""
     from exporter import manifest as mf
     from exporter.errors import ValidationFailed
+    from exporter.report import VALIDATION_HEADERS, validation_rows
     from exporter.validate import failure_summary, validate as validate_fn
 
     run = mf.resolve_run(run)
     ds = _run_dataset(run, data_dir, test_limit)
     report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
                          overrides={"max_drop": max_drop, "min_agreement": min_agreement,
-                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=_progress(json_out))
+                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=progress(json_out))
     if json_out:
-        _print_json(report)
+        print_json(report)
     else:
-        _print_validation(report)
+        ref = report["reference"]
+        print_table(f"validation on {report['dataset']['samples']} {report['dataset']['name']} test images "
+                    f"(Keras accuracy {ref['accuracy']:.2%})", VALIDATION_HEADERS, validation_rows(report))
     for warning in report.get("warnings", []):
-        err.print(f"[bold yellow]warning[/]: {escape(warning)}", highlight=False, soft_wrap=True)
+        warn(warning)
     if not report["passed"]:
         raise ValidationFailed(f"{failure_summary(report)} (details in {run}/validation.json)")
 
 
-def _print_validation(report: dict) -> None:
-    ref = report["reference"]
-    table = Table(title=f"validation on {report['dataset']['samples']} {report['dataset']['name']} test images "
-                        f"(Keras accuracy {ref['accuracy']:.2%})")
-    for col in ("artifact", "size", "accuracy", "vs Keras", "agreement", "max |diff|", "mean |diff|",
-                "batch 1/N/shuffled", "moved most", "gate"):
-        table.add_column(col, justify="left" if col in ("artifact", "moved most", "gate") else "right")
-    for r in report["artifacts"]:
-        moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
-        gate = "[green]pass[/]" if r["passed"] else "[red]FAIL[/] " + "; ".join(r["failures"])
-        size = f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?"
-        b = r.get("batch_invariance") or {}
-        batch = f"{max(b['max_diff_batch_1'], b['max_diff_shuffled']):.1e}" if b else "-"
-        table.add_row(r["kind"], size, f"{r['accuracy']:.2%}", f"{r['change_points']:+.2f} pt",
-                      f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}", f"{r['mean_abs_diff']:.1e}", batch, moved,
-                      gate)
-    out.print(table)
-
-
 # ------------------------------------------------------------------------------ bench
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    from exporter.errors import UsageError
-
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise UsageError(f"{flag} takes comma-separated whole numbers, got '{text}'") from None
-    if not values:
-        raise UsageError(f"{flag} is empty")
-    return values
-
-
-@app.command()
-@_boundary
+@app.command(short_help="Time every artifact and the Keras original.")
+@boundary
 def bench(
     run: Optional[Path] = RUN_OPT,
     artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to time (default: all; "
@@ -393,52 +276,35 @@ def bench(
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls before timing."),
     min_runs: int = typer.Option(20, "--min-runs", help="Timed calls per target and batch, at least."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per target and batch, at least."),
-    strict: bool = typer.Option(False, "--strict", help="Fail (exit 5) instead of skipping a target that cannot "
-                                "run on --device."),
+    strict: bool = flag("--strict", help="Fail (exit 5) instead of skipping a target that cannot run on --device."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the Keras original "
                                    "(model.predict and the compiled predict_on_batch)."),
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
     """Time every artifact and the Keras original on real test images: p50/p90/p99/mean/std latency,
-    throughput, cold start (load + first inference), memory increase, engine and provider used.
-    Writes bench.json."""
+    throughput, cold start (load + first inference), engine and provider used. Writes bench.json."""
     from exporter import manifest as mf
     from exporter.bench import BenchConfig, bench as bench_fn
+    from exporter.report import BENCH_HEADERS, bench_rows
 
     run = mf.resolve_run(run)
     cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
                       threads=threads, device=device)
-    if device not in ("cpu", "gpu"):
-        from exporter.errors import UsageError
-
-        raise UsageError(f"unknown --device '{device}'", hint="use cpu or gpu")
     report = bench_fn(run=run, dataset=_run_dataset(run, data_dir), kinds=_split(artifacts), cfg=cfg, strict=strict,
-                      include_reference=reference, progress=_progress(json_out))
+                      include_reference=reference, progress=progress(json_out))
     if json_out:
-        _print_json(report)
+        print_json(report)
         return
     env = report["environment"]
-    table = Table(title=f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores)"
-                        + (f", GPU {env['gpu']}" if env.get("gpu") else ""))
-    for col in ("target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s", "cold start ms",
-                "vs predict", "vs compiled", "provider", "threads"):
-        table.add_column(col, justify="left" if col in ("target", "provider") else "right")
-    for r in report["results"]:
-        table.add_row(r["target"], str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
-                      f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", f"{r['throughput_ips']:.0f}",
-                      f"{r['cold_start_ms']:.0f}", f"{r.get('speedup_vs_keras_predict', float('nan')):.1f}x",
-                      f"{r.get('speedup_vs_keras_compiled', float('nan')):.1f}x", str(r["provider"]),
-                      str(r["threads"] or "default"))
-    for s in report["skipped"]:
-        table.add_row(s["target"], "-", "skipped", "", "", "", "", "", "", "", s["reason"][:90], "")
-    out.print(table)
+    print_table(f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores)"
+                + (f", GPU {env['gpu']}" if env.get("gpu") else ""), BENCH_HEADERS, bench_rows(report))
 
 
 # ------------------------------------------------------------------------------ report
 
-@app.command()
-@_boundary
+@app.command(short_help="Write report.md and report.png from a run's results.")
+@boundary
 def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
     """Join manifest, validation and bench results into report.md and report.png (accuracy vs
     latency, marker size by file size, Keras marked) and print the table."""
@@ -447,62 +313,57 @@ def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
 
     table = write_report(mf.resolve_run(run))
     if json_out:
-        _print_json(table)
+        print_json(table)
     else:
         _print_report(table)
 
 
 def _print_report(table: dict) -> None:
-    t = Table(title=f"{table['model']} on {table['dataset']}: {table['markdown']}")
-    for col in ("artifact", "size", "accuracy", "vs Keras", "agreement", "p50 ms (b=1)", "speed-up vs predict", "gate"):
-        t.add_column(col, justify="left" if col in ("artifact", "gate") else "right")
+    from exporter.report import SUMMARY_HEADERS, summary_rows
 
-    def f(v, spec):
-        return "–" if v is None else format(v, spec)
-
-    for r in table["rows"]:
-        gate = "reference" if r["reference"] else {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "–"}[r["passed"]]
-        t.add_row(r["kind"], f(r["bytes"] and r["bytes"] / 1024, ".1f") + " KiB", f(r["accuracy"] and 100 * r["accuracy"], ".2f") + "%",
-                  f(r["change_points"], "+.2f"), f(r["agreement"], ".2f") + "%", f(r["p50_ms_b1"], ".3f"),
-                  f(r["speedup_vs_keras_predict"], ".1f") + "x", gate)
-    out.print(t)
+    print_table(f"{table['model']} on {table['dataset']}: {table['markdown']}", SUMMARY_HEADERS, summary_rows(table))
+    for warning in table.get("warnings", []):
+        warn(warning)
     if table.get("plot"):
-        out.print(f"plot: {table['plot']}", markup=False, highlight=False, soft_wrap=True)
+        print_verbatim(f"plot: {table['plot']}")
 
 
 # ------------------------------------------------------------------------------ pipeline
 
-@app.command()
-@_boundary(tensorflow=True)
+@app.command(short_help="The whole job with no flags: train, convert, validate, bench, report.")
+@boundary(tensorflow=True)
 def pipeline(
-    model: str = typer.Option("resmini", "--model", "-m", help="Registry model to train."),
+    model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
     dataset: str = typer.Option("fashion_mnist", "--dataset", "-d", help="Dataset."),
-    recipe: str = typer.Option("fast", "--recipe", help="Training recipe: fast (CPU default) or seed."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
+    recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
+    epochs: Optional[int] = EPOCHS_OPT,
+    lr: Optional[float] = LR_OPT,
+    bn_momentum: Optional[float] = BN_OPT,
+    seed: int = SEED_OPT,
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder (default artifacts/<model>-<dataset>-pipeline)."),
-    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset (quick runs)."),
-    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Validate/bench on a stratified test subset."),
-    force: bool = typer.Option(False, "--force", help="Redo every stage even if its inputs are unchanged."),
+    train_limit: Optional[int] = TRAIN_LIMIT_OPT,
+    test_limit: Optional[int] = TEST_LIMIT_OPT,
+    force: bool = flag("--force", help="Redo every stage even if its inputs are unchanged."),
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
-    """The whole job, no flags needed: train the default model on Fashion-MNIST -> convert to every
-    kind -> validate on the full test set -> bench on CPU -> report. Stages whose inputs are
-    unchanged (by hash) are re-used. Exits 4 if an artifact fails validation."""
+    """The whole job, no flags needed: train the default model on Fashion-MNIST, convert it to every
+    kind, validate on the full test set, bench on CPU, report. Stages whose inputs are unchanged (by
+    hash) are re-used. Exits 4 if an artifact fails validation."""
     from exporter.errors import ValidationFailed
     from exporter.pipeline import PipelineConfig, run_pipeline
     from exporter.train import resolve_recipe
 
-    cfg = PipelineConfig(model=model, dataset=dataset, recipe=resolve_recipe(recipe, epochs=epochs),
-                         train_limit=train_limit, test_limit=test_limit)
+    cfg = PipelineConfig(model=model, dataset=dataset, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                         recipe=resolve_recipe(recipe, epochs=epochs, lr=lr, bn_momentum=bn_momentum))
 
     def on_stage(name, status, seconds):
         if not json_out:
             err.print(f"[bold]{name}[/]: {status} ({seconds:.1f}s)")
 
-    result = run_pipeline(cfg, run=run, force=force, data_dir=data_dir, progress=_progress(json_out), on_stage=on_stage)
+    result = run_pipeline(cfg, run=run, force=force, data_dir=data_dir, progress=progress(json_out), on_stage=on_stage)
     if json_out:
-        _print_json({k: v for k, v in result.items() if k != "report"} | {"report": result["report"].get("markdown")})
+        print_json({k: v for k, v in result.items() if k != "report"} | {"report": result["report"].get("markdown")})
     else:
         _print_report(result["report"])
     if not result["validation_passed"]:
@@ -511,26 +372,25 @@ def pipeline(
 
 # ------------------------------------------------------------------------------ experiment
 
-experiment_app = typer.Typer(help="Studies from the source documents.", no_args_is_help=True)
+experiment_app = typer.Typer(help="Studies from the source documents.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(experiment_app, name="experiment")
 
 
-@experiment_app.command("depth")
-@_boundary(tensorflow=True)
+@experiment_app.command("depth", short_help="Seed 003: plain vs residual CNNs at 12/20/32/50 layers.")
+@boundary(tensorflow=True)
 def experiment_depth(
     out_dir: Path = typer.Option(Path("artifacts/depth-study"), "--out", help="Folder for depth.json/.md/.png "
                                  "and the runs."),
     depths: str = typer.Option("12,20,32,50", "--depths", help="Depths to train (each as plain and residual)."),
-    recipe: str = typer.Option("seed", "--recipe", help="seed (25 epochs, batch 150, Adam 1e-4 decay 1e-6: the "
-                               "seed's settings) or fast."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Override the recipe's learning rate."),
-    bn_momentum: Optional[float] = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum "
-                                                "(default: the models' own, 0.99). Use 0.9 for short runs."),
-    train_limit: Optional[int] = typer.Option(None, "--train-limit", help="Train on a stratified subset."),
-    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset."),
+    recipe: str = typer.Option("seed", "--recipe", help=_recipe_help()),
+    epochs: Optional[int] = EPOCHS_OPT,
+    lr: Optional[float] = LR_OPT,
+    bn_momentum: Optional[float] = BN_OPT,
+    seed: int = SEED_OPT,
+    train_limit: Optional[int] = TRAIN_LIMIT_OPT,
+    test_limit: Optional[int] = TEST_LIMIT_OPT,
     device_note: str = typer.Option("", "--device-note", help="Where it ran (recorded in the results)."),
-    force: bool = typer.Option(False, "--force", help="Retrain every model, replacing runs already in --out."),
+    force: bool = flag("--force", help="Retrain every model, replacing runs already in --out."),
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
@@ -547,17 +407,15 @@ def experiment_depth(
 
     def on_model(name, acc, seconds, reused):
         if not json_out:
-            err.print(f"{name}: {acc:.2%} ({seconds:.0f}s{', reused' if reused else ''})")
+            note(f"{name}: {acc:.2%} ({seconds:.0f}s{', reused' if reused else ''})")
 
     doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs, lr=lr, bn_momentum=bn_momentum),
-                      dataset=ds,
-                      depths=_ints(depths, "--depths"), device_note=device_note, force=force,
-                      progress=_progress(json_out),
-                      on_model=on_model)
+                      dataset=ds, depths=_ints(depths, "--depths"), seed=seed, device_note=device_note, force=force,
+                      progress=progress(json_out), on_model=on_model)
     if json_out:
-        _print_json(doc)
+        print_json(doc)
     else:
-        out.print((out_dir / "depth.md").read_text(), markup=False, highlight=False, soft_wrap=True)
+        print_verbatim((out_dir / "depth.md").read_text())
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs
 from exporter.errors import InputError, OutputExistsError, UsageError
-from exporter.export.source import ExportSource, check_input_matches, check_weights_finite
+from exporter.export.source import ExportSource, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
 from exporter.runtimes import load_runner
@@ -39,8 +39,7 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
         raise UsageError(f"--model takes a .keras, .h5 or SavedModel folder, not a {row.family} artifact",
                          hint="to check an exported file, use `resexport validate`")
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
-    check_input_matches(model_path, reference.input_shape, dataset.input_shape,
-                        classes=dataset.num_classes, model_classes=reference.num_outputs)
+    reference.check_fits(dataset.input_shape, dataset.num_classes)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
         check_weights_finite(reference.model, model_path)
     output, detected_by = _detect_output(getattr(reference, "model", None), reference, dataset)
@@ -76,11 +75,20 @@ def _detect_output(model, runner, dataset) -> tuple[str, str]:
     return outputs.detect(model, sample) if model is not None else outputs.detect_from_values(sample)
 
 
-def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, source_sha: str, calib_hash) -> bool:
+CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
+
+
+def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration) -> dict:
+    """What one artifact depends on: the stage key's inputs (the model, the calibration set for
+    int8, the converters' versions)."""
+    return {"kind": kind.name, "model_sha256": source_sha,
+            "calibration": calibration.describe() if kind.needs_calibration and calibration else None,
+            "converters": mf.library_versions(CONVERTER_PACKAGES)}
+
+
+def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, key: str) -> bool:
     out = run / kind.filename
-    return bool(entry and out.is_file() and entry.get("source_sha256") == source_sha
-                and entry.get("sha256") == sha256_file(out)
-                and (not kind.needs_calibration or entry.get("calibration", {}).get("indices_sha256") == calib_hash))
+    return bool(entry and out.is_file() and entry.get("inputs_key") == key and entry.get("sha256") == sha256_file(out))
 
 
 def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
@@ -97,13 +105,13 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     calibration = None
     if any(k.needs_calibration for k in kinds):
         calibration = data_mod.calibration_set(dataset, calib_samples)
-    calib_hash = calibration.hash if calibration else None
+    keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration)) for kind in kinds}
 
     status: dict[str, str] = {}
     conflicts = []
     for kind in kinds:
         entry = man["artifacts"].get(kind.name)
-        if _up_to_date(run, kind, entry, source_sha, calib_hash) and not force:
+        if _up_to_date(run, kind, entry, keys[kind.name]) and not force:
             status[kind.name] = "up to date"
         elif (run / kind.filename).exists() and not force:
             conflicts.append(kind.filename)
@@ -121,8 +129,7 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
             from exporter.runtimes.keras import KerasRunner
 
             probe = KerasRunner(ref_path, model, device="cpu", mode="compiled")
-            check_input_matches(ref_path, probe.input_shape, dataset.input_shape,
-                                classes=dataset.num_classes, model_classes=probe.num_outputs)
+            probe.check_fits(dataset.input_shape, dataset.num_classes)
             source.check_weights_finite()
             if man["model"].get("output") not in outputs.CONVENTIONS:  # a run made before it was recorded
                 man["model"]["output"], man["model"]["output_detected_by"] = _detect_output(model, probe, dataset)
@@ -137,9 +144,10 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                 entry = {
                     "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,
                     "bytes": out.stat().st_size, "sha256": sha256_file(out), "source_sha256": source_sha,
+                    "inputs_key": keys[kind.name],
                     **runner.io_details(), "precision": runner.info.get("precision"),
                     **({"calibration": calibration.describe()} if kind.needs_calibration else {}),
-                    "converter_versions": mf.library_versions(("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")),
+                    "converter_versions": mf.library_versions(CONVERTER_PACKAGES),
                     **details, "seconds": round(time.perf_counter() - start, 2), "created": mf.now_iso(),
                 }
                 runner.close()

@@ -248,10 +248,6 @@ DATASETS = {
 }
 
 
-def dataset_names() -> list[str]:
-    return list(DATASETS)
-
-
 def candidate_dirs(name: str, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Every place looked at, in order: --data-dir, $RESEXPORT_DATA, ~/.keras/datasets, system."""
     spec = DATASETS[name]

@@ -4,13 +4,13 @@ default, with the seed's own numbers beside ours."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from exporter import data as data_mod
 from exporter.fsutil import atomic_path, ensure_dir, write_json_atomic
 from exporter.progress import NULL, Progress
-from exporter.train import Recipe, train
+from exporter import manifest as mf
+from exporter.train import Recipe, existing_run, train, training_key
 
 # Test accuracy (%) reported by seed 003 (../shared/seeds/README.md).
 SEED003_REPORTED = {
@@ -18,34 +18,6 @@ SEED003_REPORTED = {
     "residual": {12: 89.43, 20: 88.84, 32: 89.43, 50: 86.09},
 }
 DEPTHS = (12, 20, 32, 50)
-
-
-def _same_data(a: dict, b: dict) -> bool:
-    """Same images: `source` (where the files were found) may differ between machines."""
-    strip = lambda d: json.loads(json.dumps({k: v for k, v in d.items() if k != "source"}))  # noqa: E731
-    return strip(a) == strip(b)
-
-
-def _reusable(run: Path, name: str, recipe: Recipe, dataset: data_mod.Dataset, seed: int) -> dict | None:
-    """The manifest of an existing run of `name` trained exactly as asked (same recipe, data and
-    seed), else None. Raises OutputExistsError for a run made some other way."""
-    from dataclasses import asdict
-
-    from exporter import manifest as mf
-    from exporter.errors import OutputExistsError, ResexportError
-
-    if not (run.exists() and any(run.iterdir())):
-        return None
-    try:
-        man = mf.read_manifest(run)
-        same = (man["model"]["name"] == name and man["training"]["recipe"] == json.loads(json.dumps(asdict(recipe)))
-                and man["training"]["seed"] == seed and _same_data(man["dataset"], dataset.describe()))
-    except (ResexportError, KeyError, TypeError):
-        same, man = False, None
-    if not same:
-        raise OutputExistsError(f"{run} holds a run trained with other settings (or is not a run)",
-                                hint="pass --force to retrain it, or choose another --out")
-    return man
 
 
 def depth_study(*, out: Path, recipe: Recipe, dataset: data_mod.Dataset, depths=DEPTHS, seed: int = 0,
@@ -61,21 +33,18 @@ def depth_study(*, out: Path, recipe: Recipe, dataset: data_mod.Dataset, depths=
 
     ensure_dir(out)
     plan = [(f"{kind}{depth}", kind, depth) for depth in depths for kind in ("plain", "residual")]
-    reuse = {} if force else {name: _reusable(out / "runs" / name, name, recipe, dataset, seed) for name, _, _ in plan}
+    if not force:  # refuse runs trained otherwise before training anything
+        for name, _, _ in plan:
+            existing_run(out / "runs" / name, training_key(name, dataset, recipe, seed))
     rows = []
     for name, kind, depth in plan:
-        man = reuse.get(name)
-        if man is not None:
-            acc, seconds, run = man["training"]["test_accuracy"], man["training"]["seconds"], out / "runs" / name
-            backend = man["training"]["backend"]
-        else:
-            res = train(model_name=name, dataset=dataset, run=out / "runs" / name, recipe=recipe, seed=seed,
-                        force=True, progress=progress)
-            acc, seconds, run, backend = res.test_accuracy, res.seconds, res.run, keras.backend.backend()
-        rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * acc,
-                     "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(seconds, 1),
-                     "epochs": recipe.epochs, "backend": backend, "reused": man is not None, "run": str(run)})
-        on_model(name, acc, seconds, man is not None)
+        res = train(model_name=name, dataset=dataset, run=out / "runs" / name, recipe=recipe, seed=seed,
+                    force=force, reuse=True, progress=progress)
+        backend = (mf.read_manifest(res.run)["training"]["backend"] if res.reused else keras.backend.backend())
+        rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * res.test_accuracy,
+                     "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(res.seconds, 1),
+                     "epochs": recipe.epochs, "backend": backend, "reused": res.reused, "run": str(res.run)})
+        on_model(name, res.test_accuracy, res.seconds, res.reused)
     doc = {"study": "depth (seed 003)", "dataset": dataset.describe(), "recipe": recipe.__dict__, "seed": seed,
            "backend": keras.backend.backend(), "device": device_note, "rows": rows}
     write_json_atomic(out / "depth.json", doc)
@@ -128,7 +97,3 @@ def render_plot(doc: dict, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def load(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

@@ -131,3 +131,28 @@ def kind_for_path(path: Path) -> ArtifactKind:
     runner; the runner reads precision and quantisation from the file itself)."""
     family = family_of_path(path)
     return next(k for k in KINDS.values() if k.family == family)
+
+
+def describe_gates(gates: Gates) -> str:
+    parts = []
+    if gates.min_agreement is not None:
+        parts.append(f"agreement >= {gates.min_agreement:g}%")
+    if gates.max_drop is not None:
+        parts.append(f"accuracy drop <= {gates.max_drop:g} pt")
+    if gates.max_abs_diff is not None:
+        parts.append(f"max |diff| <= {gates.max_abs_diff:g}")
+    parts.append(f"batch diff <= {gates.max_batch_diff:g}")
+    return ", ".join(parts)
+
+
+def gates_help() -> str:
+    """The default gates, grouped by kinds that share them, for --help (generated, never restated)."""
+    groups: dict[Gates, list[str]] = {}
+    for kind in EXPORTABLE:
+        groups.setdefault(kind.gates, []).append(kind.name)
+    return "; ".join(f"{'/'.join(names)}: {describe_gates(g)}" for g, names in groups.items())
+
+
+def kinds_help() -> str:
+    """Every exportable kind with its description, for --help."""
+    return "; ".join(f"{k.name} ({k.description})" for k in EXPORTABLE)

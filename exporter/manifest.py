@@ -22,6 +22,22 @@ VERSION_PACKAGES = ("resexport", "keras", "tensorflow", "jax", "tf2onnx", "onnx"
                     "ai-edge-litert", "numpy")
 
 
+def inputs_key(inputs) -> str:
+    """The one notion of "up to date": every stage states the inputs its output depends on (model
+    sha256, dataset identity, calibration hash, flags, tool versions), records this key of them beside
+    its output, and reuses the output only while the key is the same."""
+    import hashlib
+
+    text = json.dumps(inputs, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dataset_identity(described: dict) -> dict:
+    """What names a dataset's content in a stage key: everything `Dataset.describe()` says except
+    where the files were found (that differs between machines, the images do not)."""
+    return {k: v for k, v in described.items() if k != "source"}
+
+
 def artifacts_root() -> Path:
     return Path(os.environ.get(ARTIFACTS_ENV, "artifacts"))
 
@@ -76,6 +92,15 @@ def write_manifest(run: Path, data: dict) -> None:
     data = {"schema": SCHEMA, **{k: v for k, v in data.items() if k != "schema"}}
     data["updated"] = now_iso()
     write_json_atomic(Path(run) / MANIFEST, data)
+
+
+def read_json_if(path: Path) -> dict | None:
+    """A stage's JSON output if it is there and readable, else None (then the stage runs again)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def find_runs(root: Path | None = None) -> list[Path]:

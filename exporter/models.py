@@ -163,17 +163,17 @@ def _register() -> dict[str, ModelSpec]:
 
 
 MODELS: dict[str, ModelSpec] = _register()
-DEFAULT_MODEL = "resmini"
 
 
-def model_names() -> list[str]:
-    return list(MODELS)
+def spec(name: str) -> ModelSpec:
+    """The registry entry, or a UsageError listing the names there are."""
+    if name not in MODELS:
+        raise UsageError(f"unknown model '{name}'", hint=f"choose one of: {', '.join(MODELS)}")
+    return MODELS[name]
 
 
 def build_model(name: str, input_shape, num_classes: int) -> keras.Model:
-    if name not in MODELS:
-        raise UsageError(f"unknown model '{name}'", hint=f"choose one of: {', '.join(MODELS)}")
-    return MODELS[name].build(tuple(input_shape), int(num_classes))
+    return spec(name).build(tuple(input_shape), int(num_classes))
 
 
 def count_depth(model: keras.Model) -> int:

@@ -32,23 +32,25 @@ def build_table(run: Path) -> dict:
     val = _load_optional(run / VALIDATION_FILE)
     bench = _load_optional(run / BENCH_FILE)
     vrows = {r["kind"]: r for r in (val or {}).get("artifacts", [])}
-    brows = {}
+    brows = {}  # (kind, mode) -> the batch-1 row
     for r in (bench or {}).get("results", []):
         if r["batch"] == 1:
-            brows[r["target"]] = r
+            brows[(r["kind"], r.get("mode"))] = r
     ref_path = run / man["model"]["file"]
     ref_acc = (val or {}).get("reference", {}).get("accuracy", man.get("training", {}).get("test_accuracy"))
-    ref_bench = brows.get("keras (compiled)") or brows.get(man["model"].get("format", "keras"))
-    rows = [{"kind": "keras (reference)", "file": man["model"]["file"],
+    ref_kind = man["model"].get("format", "keras")
+    ref_bench = brows.get(("keras", "compiled")) or brows.get((ref_kind, None))
+    rows = [{"kind": "keras (reference, compiled call)" if ref_kind == "keras" else f"{ref_kind} (reference)",
+             "file": man["model"]["file"],
              "bytes": ref_path.stat().st_size if ref_path.is_file() else man["model"].get("bytes"),
              "accuracy": ref_acc, "change_points": 0.0, "agreement": 100.0,
              "p50_ms_b1": ref_bench["p50_ms"] if ref_bench else None,
-             "p50_ms_b1_predict": (brows.get("keras (predict)") or {}).get("p50_ms"),
+             "p50_ms_b1_predict": (brows.get(("keras", "predict")) or {}).get("p50_ms"),
              "speedup_vs_keras_predict": (ref_bench or {}).get("speedup_vs_keras_predict"),
              "batch_diff": _batch_diff((val or {}).get("reference", {})),
              "passed": None, "reference": True}]
     for kind, entry in man["artifacts"].items():
-        v, b = vrows.get(kind, {}), brows.get(kind, {})
+        v, b = vrows.get(kind, {}), brows.get((kind, None), {})
         rows.append({"kind": kind, "file": entry["file"], "bytes": entry["bytes"], "accuracy": v.get("accuracy"),
                      "change_points": v.get("change_points"), "agreement": v.get("agreement"),
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
@@ -72,24 +74,84 @@ def _fmt(v, spec: str, none: str = "–") -> str:
     return none if v is None else format(v, spec)
 
 
+# ------------------------------------------------------------------ rows: one layout for Markdown and the terminal
+
+SUMMARY_HEADERS = ["artifact", "size", "accuracy", "vs Keras", "agreement", "batch diff", "p50 latency (b=1)",
+                   "speed-up vs model.predict", "gate"]
+
+
+def summary_rows(table: dict, *, bold_fail: bool = False) -> list[list[str]]:
+    """The report's table as strings, one row per artifact (the Keras reference first)."""
+    fail = "**FAIL**" if bold_fail else "FAIL"
+    rows = []
+    for r in table["rows"]:
+        gate = "reference" if r["reference"] else {True: "pass", False: fail, None: "–"}[r["passed"]]
+        rows.append([r["kind"], f"{_fmt(r['bytes'] and r['bytes'] / 1024, '.1f')} KiB",
+                     f"{_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')}%", f"{_fmt(r['change_points'], '+.2f')} pt",
+                     f"{_fmt(r['agreement'], '.2f')}%", _fmt(r.get("batch_diff"), ".1e"),
+                     f"{_fmt(r['p50_ms_b1'], '.3f')} ms", f"{_fmt(r['speedup_vs_keras_predict'], '.1f')}x", gate])
+    return rows
+
+
+CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds"]
+
+
+def convert_rows(man: dict, status: dict[str, str]) -> list[dict]:
+    """One row per kind convert was asked for: its file, size, and whether it was written or kept."""
+    rows = []
+    for kind, st in status.items():
+        a = man["artifacts"][kind]
+        rows.append({"kind": kind, "status": st, "file": a["file"], "bytes": a["bytes"],
+                     "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}"})
+    return rows
+
+
+VALIDATION_HEADERS = ["artifact", "size", "accuracy", "vs Keras", "agreement", "max |diff|", "mean |diff|",
+                      "batch 1/N/shuffled", "moved most", "gate"]
+
+
+def validation_rows(report: dict) -> list[list[str]]:
+    """validation.json as strings: one row per artifact, failures spelled out in the gate column."""
+    rows = []
+    for r in report["artifacts"]:
+        moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
+        b = r.get("batch_invariance") or {}
+        rows.append([r["kind"], f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?", f"{r['accuracy']:.2%}",
+                     f"{r['change_points']:+.2f} pt", f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}",
+                     f"{r['mean_abs_diff']:.1e}",
+                     f"{max(b['max_diff_batch_1'], b['max_diff_shuffled']):.1e}" if b else "-", moved,
+                     "pass" if r["passed"] else "FAIL " + "; ".join(r["failures"])])
+    return rows
+
+
+BENCH_HEADERS = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s", "cold start ms",
+                 "vs predict", "vs compiled", "provider", "threads"]
+
+
+def bench_rows(report: dict) -> list[list[str]]:
+    """bench.json as strings: one row per (target, batch), then the skipped targets with their reason."""
+    nan = float("nan")
+    rows = [[r["target"], str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
+             f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", f"{r['throughput_ips']:.0f}", f"{r['cold_start_ms']:.0f}",
+             f"{r.get('speedup_vs_keras_predict', nan):.1f}x", f"{r.get('speedup_vs_keras_compiled', nan):.1f}x",
+             str(r["provider"]), str(r["threads"] or "default")] for r in report["results"]]
+    rows += [[s["target"], "-", "skipped", "", "", "", "", "", "", "", s["reason"][:90], ""] for s in report["skipped"]]
+    return rows
+
+
 def render_markdown(table: dict) -> str:
     env = table.get("environment") or {}
     lines = [f"# resexport report: {table['model']} on {table['dataset']}", "",
              f"Run `{table['run']}`. Accuracy on {table['test_samples'] or '?'} test images; latency is the "
              f"median of single calls at batch 1 on {env.get('cpu', '?')} ({env.get('cores', '?')} cores, "
-             f"device {env.get('device', '?')}). Speed-up is against Keras `model.predict` at batch 1. "
+             f"device {env.get('device', '?')}). Speed-up is against Keras `model.predict` at batch 1 (the "
+             "reference row: Keras' compiled `predict_on_batch` against its own `model.predict`). "
              f"The model outputs {table.get('output') or '?'}; differences are taken between probabilities. "
              "'batch diff' is the largest output difference between the same images run one at a time, in a "
              "batch, and in that batch shuffled (the batch-invariance check).", ""]
     lines += [f"> **Warning:** {w}" for w in table.get("warnings", [])] + ([""] if table.get("warnings") else [])
-    lines += ["| artifact | size | accuracy | vs Keras | agreement | batch diff | p50 latency (b=1) | speed-up vs Keras | gate |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in table["rows"]:
-        gate = "reference" if r["reference"] else {True: "pass", False: "**FAIL**", None: "–"}[r["passed"]]
-        lines.append(f"| {r['kind']} | {_fmt(r['bytes'] and r['bytes'] / 1024, '.1f')} KiB | "
-                     f"{_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')}% | {_fmt(r['change_points'], '+.2f')} pt | "
-                     f"{_fmt(r['agreement'], '.2f')}% | {_fmt(r.get('batch_diff'), '.1e')} | {_fmt(r['p50_ms_b1'], '.3f')} ms | "
-                     f"{_fmt(r['speedup_vs_keras_predict'], '.1f')}x | {gate} |")
+    lines += ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in summary_rows(table, bold_fail=True)]
     if table.get("skipped"):
         lines += ["", "Not benchmarked: " + "; ".join(f"{s['target']} ({s['reason']})" for s in table["skipped"])]
     lines += ["", f"![accuracy vs latency]({REPORT_PNG})", ""]

@@ -60,6 +60,36 @@ class TrainResult:
     seconds: float
     epochs: int
     model: object = None  # the trained keras.Model (not serialised)
+    reused: bool = False  # an existing run trained with the same inputs was kept
+
+
+def training_inputs(model_name: str, dataset: Dataset, recipe: Recipe, seed: int) -> dict:
+    """What a trained model depends on: the stage key's inputs."""
+    return {"model": model_name, "dataset": mf.dataset_identity(dataset.describe()), "recipe": asdict(recipe),
+            "seed": seed}
+
+
+def training_key(model_name: str, dataset: Dataset, recipe: Recipe, seed: int) -> str:
+    return mf.inputs_key(training_inputs(model_name, dataset, recipe, seed))
+
+
+def existing_run(run: Path, key: str) -> TrainResult | None:
+    """The run already in `run` if it was trained with the same inputs; None if there is none; an
+    OutputExistsError if it was trained otherwise (or is not a run)."""
+    from exporter.errors import ResexportError
+
+    if not (run.exists() and any(run.iterdir())):
+        return None
+    try:
+        training = mf.read_manifest(run)["training"]
+        same = training.get("inputs_key") == key
+    except (ResexportError, KeyError, TypeError):
+        same = False
+    if not same:
+        raise OutputExistsError(f"{run} holds a run trained with other settings (or is not a run)",
+                                hint="pass --force to retrain it, or choose another --run/--out")
+    return TrainResult(run, training["test_accuracy"], training["test_loss"], training["seconds"],
+                       training["recipe"]["epochs"], reused=True)
 
 
 def resolve_recipe(name: str, *, epochs=None, batch_size=None, lr=None, bn_momentum=None) -> Recipe:
@@ -147,14 +177,22 @@ def staged_run(run: Path, *, force: bool):
 
 
 def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed: int = 0,
-          force: bool = False, steps_per_execution: int | None = None,
+          force: bool = False, reuse: bool = False, steps_per_execution: int | None = None,
           progress: Progress = NULL) -> TrainResult:
     """Build `model_name` for `dataset`, fit it with `recipe`, evaluate on the test split, and write
-    the run folder `run`."""
+    the run folder `run`. With reuse=True, a run already there that was trained with the same inputs
+    (its manifest's training.inputs_key) is returned as it is (reused=True); one trained otherwise is
+    an OutputExistsError unless force=True."""
     import keras
 
     from exporter.models import MODELS, OUTPUT_CONVENTION, build_model, count_depth
 
+    inputs = training_inputs(model_name, dataset, recipe, seed)
+    key = training_key(model_name, dataset, recipe, seed)
+    if reuse and not force:
+        existing = existing_run(Path(run), key)
+        if existing is not None:
+            return existing
     if Path(run).exists() and any(Path(run).iterdir()) and not force:  # fail before the slow part
         raise OutputExistsError(f"run folder {run} already exists",
                                 hint="pass --force to replace it, or choose another --run")
@@ -192,7 +230,8 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
                       "output": OUTPUT_CONVENTION, "output_detected_by": "registry model (softmax head)",
                       "format": "keras"},
             "dataset": dataset.describe(),
-            "training": {"recipe": asdict(recipe), "seed": seed, "backend": backend,
+            "training": {"inputs_key": key, "inputs": inputs, "recipe": asdict(recipe), "seed": seed,
+                         "backend": backend,
                          "steps_per_execution": steps_per_execution, "seconds": round(seconds, 1),
                          "test_accuracy": float(test_acc), "test_loss": float(test_loss)},
             "versions": mf.library_versions(),

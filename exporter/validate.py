@@ -25,7 +25,6 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs as out_mod
 from exporter.errors import InputError, ModelFileError, UsageError
-from exporter.export.source import check_input_matches
 from exporter.fsutil import sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.runtimes import Runner, load_runner
@@ -72,8 +71,7 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
         raise MissingRuntimeError(f"{exc.message}; and no matching cached reference outputs in {run}",
                                   hint=f"validate once where Keras runs (it caches {REFERENCE_CACHE}), or "
                                        f"{exc.hint}") from exc
-    check_input_matches(ref_path, runner.input_shape, dataset.input_shape,
-                        classes=dataset.num_classes, model_classes=runner.num_outputs)
+    runner.check_fits(dataset.input_shape, dataset.num_classes)
     ref, seconds = run_runner(runner, dataset.x_test, batch_size, progress, f"reference ({ref_kind})")
     if not np.all(np.isfinite(ref)):
         raise ModelFileError(f"{ref_path}: the reference model outputs NaN or Inf",
@@ -239,12 +237,32 @@ def run_runner(runner: Runner, x: np.ndarray, batch_size: int, progress: Progres
     return out, time.perf_counter() - start
 
 
+def validation_inputs(run: Path, man: dict, dataset, kinds: list[str], batch_size: int, overrides: dict | None) -> dict:
+    """What a validation depends on: the stage key's inputs (the reference model and every artifact
+    by sha256, the test set by content, the gates and batch size)."""
+    from exporter.fsutil import sha256_path
+
+    ref_path = run / man["model"]["file"]
+    return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256"),
+            "artifacts": {k: _sha_or_none(run / man["artifacts"][k]["file"]) for k in kinds},
+            "test_set": _test_set_hash(dataset.x_test, dataset.y_test), "batch_size": batch_size,
+            "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
+            "gates": {k: asdict(formats.get(k).gates) for k in kinds}}
+
+
+def _sha_or_none(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
 def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
              overrides: dict | None = None, batch_size: int = 256, threads: int | None = None,
-             unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None) -> dict:
+             unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
+             reuse: bool = False) -> dict:
     """Validate the run's artifacts (all, or `kinds`) against its reference model on `dataset`'s test
     split. Writes validation.json into the run and returns the same report. `runners` lets a caller
-    substitute loaded runners by kind (tests use it to inject a deliberately broken one)."""
+    substitute loaded runners by kind (tests use it to inject a deliberately broken one). With
+    reuse=True, a validation.json made from the same inputs (its inputs_key) is returned as it is,
+    marked "reused"."""
     man = mf.read_manifest(run)
     available = list(man["artifacts"])
     kinds = kinds or available
@@ -257,6 +275,12 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
                          hint=f"available: {', '.join(available) or 'none'}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    inputs = validation_inputs(run, man, dataset, kinds, batch_size, overrides)
+    key = mf.inputs_key(inputs)
+    if reuse and not runners:
+        stored = mf.read_json_if(run / VALIDATION_FILE)
+        if stored is not None and stored.get("inputs_key") == key:
+            return {**stored, "reused": True}
     x, y = dataset.x_test, dataset.y_test
     ref, ref_info = reference_outputs(run, man, dataset, batch_size=batch_size, threads=threads, unsafe=unsafe,
                                       progress=progress)
@@ -268,8 +292,7 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         kind = formats.get(name)
         entry = man["artifacts"][name]
         runner = (runners or {}).get(name) or load_runner(run / entry["file"], kind=name, threads=threads)
-        check_input_matches(run / entry["file"], runner.input_shape, dataset.input_shape,
-                            classes=dataset.num_classes, model_classes=runner.num_outputs)
+        runner.check_fits(dataset.input_shape, dataset.num_classes)
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names, convention)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
@@ -292,7 +315,7 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         warnings.append("this validation proves little: " + "; ".join(reasons)
                         + " (agreement with such a reference carries little information; train the model further)")
     report = {
-        "run": str(run), "created": mf.now_iso(),
+        "run": str(run), "created": mf.now_iso(), "inputs_key": key, "inputs": inputs,
         "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y))},
         "reference": {**ref_info, "accuracy": ref_acc, "output": convention,
                       "near_ties_percent": near_ties},

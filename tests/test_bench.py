@@ -68,8 +68,10 @@ def test_bench_json_schema(converted_run, fmnist_small):
     on_disk = json.loads((converted_run / "bench.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(rep["results"]))
     assert {r["target"] for r in rep["results"]} == {"keras (predict)", "keras (compiled)", "tflite-int8", "onnx-fp32"}
-    keys = {"target", "kind", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips",
-            "cold_start_ms", "load_ms", "first_inference_ms", "rss_increase_mb", "engine", "provider", "device",
+    assert {(r["kind"], r["mode"]) for r in rep["results"]} == {("keras", "predict"), ("keras", "compiled"),
+                                                                ("tflite-int8", None), ("onnx-fp32", None)}
+    keys = {"target", "kind", "mode", "batch", "runs", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "throughput_ips",
+            "cold_start_ms", "load_ms", "first_inference_ms", "engine", "provider", "device",
             "threads", "precision", "speedup_vs_keras_predict", "speedup_vs_keras_compiled"}
     for r in rep["results"]:
         assert keys <= set(r), keys - set(r)

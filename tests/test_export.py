@@ -14,7 +14,7 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter.cli import app
 from exporter.runtimes import load_runner
-from exporter.runtimes.tflite import RawTFLiteRunner
+from exporter.runtimes.tflite import TFLiteRunner
 from exporter.validate import validate
 from tests.conftest import BLOCK_TF
 
@@ -41,6 +41,9 @@ def test_manifest_records_each_artifact(converted_run):
         assert (converted_run / e["file"]).stat().st_size == e["bytes"]
         assert e["source_sha256"] == man["model"]["sha256"] and len(e["sha256"]) == 64
         assert e["inputs"][0]["shape"][1:] == [28, 28, 1]
+    precision = {"none": "float32", "float16": "float16", "dynamic": "dynamic-int8", "int8": "int8"}
+    for kind in formats.EXPORTABLE:  # read from the file itself, not assumed from the kind
+        assert man["artifacts"][kind.name]["precision"] == precision[kind.quantize], kind.name
     int8 = man["artifacts"]["tflite-int8"]
     assert int8["inputs"][0]["dtype"] == "int8" and int8["outputs"][0]["quantization"]["scale"] > 0
     assert int8["calibration"] == man["artifacts"]["onnx-int8"]["calibration"]
@@ -57,6 +60,18 @@ def test_batch_1_and_batch_n_agree(converted_run, fmnist_small, kind):
     singles = np.concatenate([runner.predict(x[i: i + 1]) for i in range(len(x))])
     assert batched.shape == (8, 10)
     np.testing.assert_allclose(batched, singles, atol=1e-5)
+
+
+class RawTFLiteRunner(TFLiteRunner):  # a test double
+    """Feeds the input tensor as given, without quantising it: what a careless integration does
+    with an int8 model. Used by tests to prove validation catches it."""
+
+    def _predict(self, x):
+        self._resize(len(x))
+        self.interp.set_tensor(self._in["index"], x.astype(self._in["dtype"]))
+        self.interp.invoke()
+        y = self.interp.get_tensor(self._out["index"])
+        return (y.astype(np.float32) - self._out_q["zero_point"]) * self._out_q["scale"] if self._out_q else y
 
 
 def test_int8_fed_without_input_quantisation_is_caught(converted_run, fmnist):

@@ -25,8 +25,10 @@ def _fixture_run(tmp_path):
            "artifacts": [{"kind": k, "accuracy": 0.9 - i / 1000, "change_points": -i / 10, "agreement": 100 - i / 10,
                           "passed": k != "onnx-int8"} for i, k in enumerate(arts)]}
     (run / "validation.json").write_text(json.dumps(val))
-    rows = [{"target": t, "batch": b, "p50_ms": p * b, "speedup_vs_keras_predict": 50 / p}
-            for t, p in [("keras (predict)", 50.0), ("keras (compiled)", 1.0)] + [(k, 0.1 + i / 100) for i, k in enumerate(arts)]
+    rows = [{"target": f"{k} ({m})" if m else k, "kind": k, "mode": m, "batch": b, "p50_ms": p * b,
+             "speedup_vs_keras_predict": 50 / p}
+            for k, m, p in [("keras", "predict", 50.0), ("keras", "compiled", 1.0)]
+            + [(k, None, 0.1 + i / 100) for i, k in enumerate(arts)]
             for b in (1, 64)]
     (run / "bench.json").write_text(json.dumps({"results": rows, "skipped": [], "environment": {"cpu": "test", "cores": 2, "device": "cpu"}}))
     return run, arts
@@ -38,7 +40,7 @@ def test_report_renders_every_artifact_from_fixture_results(tmp_path):
     md = (run / "report.md").read_text()
     for kind in arts:
         assert f"| {kind} |" in md
-    assert "| onnx-int8 |" in md and "**FAIL**" in md and "keras (reference)" in md
+    assert "| onnx-int8 |" in md and "**FAIL**" in md and "keras (reference, compiled call)" in md
     assert "500.0x" in md  # tflite-fp32: 50 ms / 0.1 ms
     assert (run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [r["kind"] for r in table["rows"]][1:] == list(arts)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import InputError, MissingRuntimeError, ModelFileError, require
+from exporter.errors import MissingRuntimeError, ModelFileError, require
 
 
 def tensorflow():
@@ -111,15 +111,3 @@ def check_weights_finite(model, path: Path) -> None:
         if not np.all(np.isfinite(np.asarray(w))):
             raise ModelFileError(f"{path}: weight '{w.path}' contains NaN or Inf",
                                  hint="the model diverged in training; retrain it (lower --lr)")
-
-
-def check_input_matches(path: Path, model_shape, dataset_shape, *, classes: int | None = None,
-                        model_classes: int | None = None) -> None:
-    model_shape = tuple(int(d) for d in model_shape if d is not None) if model_shape else None
-    if model_shape and tuple(model_shape) != tuple(dataset_shape):
-        raise InputError(f"{path}: the model takes images of shape {model_shape} but the dataset has "
-                         f"{tuple(dataset_shape)}", hint="pass the matching --dataset")
-    if classes is not None and model_classes is not None and model_classes != classes:
-        raise InputError(f"{path}: the model outputs {model_classes} values but the dataset has {classes} "
-                         "classes: it is not a classifier over this dataset's classes",
-                         hint="pass the matching --dataset")

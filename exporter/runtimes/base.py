@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import ModelFileError
+from exporter.errors import InputError, ModelFileError
 
 MAGIC = {  # what the first bytes of each family's files look like
     "tflite": lambda b: len(b) >= 8 and b[4:8] == b"TFL3",
@@ -84,6 +84,18 @@ class Runner(abc.ABC):
     @abc.abstractmethod
     def num_outputs(self) -> int | None:
         """Classes the artifact outputs, if it declares them."""
+
+    def check_fits(self, image_shape, num_classes: int | None = None) -> None:
+        """Refuse (InputError, naming the file) an artifact whose declared input shape or class count
+        does not match the data it is about to see. Undeclared dimensions are not checked."""
+        declared = tuple(int(d) for d in self.input_shape if d is not None) if self.input_shape else None
+        if declared and declared != tuple(image_shape):
+            raise InputError(f"{self.path}: the model takes images of shape {declared} but the dataset has "
+                             f"{tuple(image_shape)}", hint="pass the matching --dataset")
+        if num_classes is not None and self.num_outputs is not None and self.num_outputs != num_classes:
+            raise InputError(f"{self.path}: the model outputs {self.num_outputs} values but the dataset has "
+                             f"{num_classes} classes: it is not a classifier over this dataset's classes",
+                             hint="pass the matching --dataset")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -30,6 +30,25 @@ def choose_providers(device: str, available: list[str], provider: str | None = N
     return ["CPUExecutionProvider"]
 
 
+def onnx_precision(path) -> str:
+    """What the graph computes in, read from the file: 'int8' (QuantizeLinear/QLinear nodes),
+    'float16' (float16 initializers), else 'float32'; 'unknown' without the onnx package."""
+    try:
+        import onnx
+    except ImportError:
+        return "unknown"
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001  (the session loaded it; the precision is only a label)
+        return "unknown"
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}:
+        return "int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
+        return "float16"
+    return "float32"
+
+
 class OnnxRunner(Runner):
     engine = "onnxruntime"
 
@@ -39,7 +58,7 @@ class OnnxRunner(Runner):
         self._out = session.get_outputs()[0]
         used = session.get_providers()[0]
         super().__init__(path, device=device, info={"provider": used, "threads": threads,
-                                                    "precision": "float32-io"})
+                                                    "precision": onnx_precision(path)})
 
     @classmethod
     def load(cls, path, *, device="cpu", threads=None, provider=None, **_):

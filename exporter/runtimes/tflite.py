@@ -18,6 +18,19 @@ def _quant(detail: dict) -> dict | None:
     return {"scale": float(scale), "zero_point": int(zero)} if scale else None
 
 
+def tflite_precision(interp, input_dtype: str) -> str:
+    """What the file computes in, read from its tensors: 'int8' (int8 activations and weights),
+    'dynamic-int8' (int8 weights, float activations), 'float16' (float16 weights), else 'float32'."""
+    dtypes = {np.dtype(t["dtype"]).name for t in interp.get_tensor_details()}
+    if input_dtype in ("int8", "uint8"):
+        return "int8"
+    if "int8" in dtypes:
+        return "dynamic-int8"
+    if "float16" in dtypes:
+        return "float16"
+    return "float32"
+
+
 class TFLiteRunner(Runner):
     engine = "litert"
 
@@ -30,7 +43,7 @@ class TFLiteRunner(Runner):
         dtype = np.dtype(self._in["dtype"]).name
         super().__init__(path, device=device, info={
             "provider": "XNNPACK (LiteRT default CPU delegate)", "threads": threads,
-            "precision": "int8" if dtype == "int8" else "float32-io",
+            "precision": tflite_precision(interp, dtype),
             "input_dtype": dtype, "output_dtype": np.dtype(self._out["dtype"]).name,
             "input_quantization": self._in_q, "output_quantization": self._out_q})
 
@@ -84,15 +97,3 @@ class TFLiteRunner(Runner):
                     "dtype": np.dtype(d["dtype"]).name, "quantization": _quant(d)}
 
         return {"inputs": [one(self._in)], "outputs": [one(self._out)]}
-
-
-class RawTFLiteRunner(TFLiteRunner):
-    """Feeds the input tensor as given, without quantising it: what a careless integration does
-    with an int8 model. Used by tests to prove validation catches it."""
-
-    def _predict(self, x):
-        self._resize(len(x))
-        self.interp.set_tensor(self._in["index"], x.astype(self._in["dtype"]))
-        self.interp.invoke()
-        y = self.interp.get_tensor(self._out["index"])
-        return (y.astype(np.float32) - self._out_q["zero_point"]) * self._out_q["scale"] if self._out_q else y
