@@ -179,8 +179,13 @@ def main_options(
 def train(
     model: str = typer.Option("resmini", "--model", "-m", help="Registry model: resmini (CPU default), "
                               "plain12/20/32/50, residual12/20/32/50 (seed 003), resnet18/34 (seed 000)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
-                                          "(default: the model's own dataset)."),
+    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
+                                          "(default: the model's own dataset), or your own: an image folder (one "
+                                          "sub-folder per class; train/ and test/ inside, or --test-split) or an .npz."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Your own data: unit (0..1, default), symmetric "
+                                        "(-1..1), raw (0..255) or imagenet (mean/std)."),
+    test_split: Optional[float] = typer.Option(None, "--test-split", help="Your own folder of class folders: "
+                                               "hold out this fraction per class as the test set (seeded)."),
     recipe: str = typer.Option("fast", "--recipe", help="'fast' (CPU default: Adam 2e-3 cosine, batch 128, "
                                "6 epochs) or 'seed' (seed 003: Adam 1e-4 decay 1e-6, batch 150, 25 epochs)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
@@ -203,6 +208,7 @@ def train(
     from exporter import data as data_mod
     from exporter import manifest as mf
     from exporter.models import MODELS, build_model  # noqa: F401  (validates the name early)
+    from exporter.rundata import open_data
     from exporter.train import resolve_recipe, train as train_fn
 
     if model not in MODELS:
@@ -211,8 +217,14 @@ def train(
         raise UsageError(f"unknown model '{model}'", hint=f"choose one of: {', '.join(MODELS)}")
     dataset = dataset or MODELS[model].dataset
     r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
-    ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+    run = run or mf.artifacts_root() / mf.new_run_name(model, Path(dataset).stem if Path(dataset).suffix else Path(dataset).name)
+    ds = open_data(dataset, scale=scale, data_dir=data_dir, test_split=test_split, train_limit=train_limit,
+                   test_limit=test_limit)
+    if len(ds.y_train) == 0:
+        from exporter.errors import UsageError
+
+        raise UsageError(f"{dataset} has no training split", hint="use a folder with train/ and test/, or pass --test-split F")
+    dataset = ds.name
     result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
                       progress=_progress(json_out))
     summary = {"run": str(result.run), "model": model, "dataset": dataset,
@@ -229,17 +241,17 @@ def train(
 
 RUN_OPT = typer.Option(None, "--run", help="Run folder (default: the newest under artifacts/).")
 DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else the usual places).")
+DATASET_OPT = typer.Option(None, "--data", "--dataset", "-d", help="Data to use instead of the run's own: a built-in "
+                           "name, an image folder or an .npz (preprocessed as the run records).")
 THREADS_OPT = typer.Option(None, "--threads", help="CPU threads for TFLite/ONNX Runtime (default: the runtime's).")
 UNSAFE_OPT = typer.Option(False, "--unsafe", help="Allow Keras models with Lambda layers (runs code from the file).")
 JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 
 
-def _run_dataset(run: Path, data_dir, test_limit=None):
-    from exporter import data as data_mod
-    from exporter import manifest as mf
+def _run_dataset(run: Path, data_dir, test_limit=None, data=None):
+    from exporter.rundata import open_for_run
 
-    man = mf.read_manifest(run)
-    return data_mod.load_dataset(man["dataset"]["name"], data_dir=data_dir, test_limit=test_limit)
+    return open_for_run(run, data=data, data_dir=data_dir, test_limit=test_limit)
 
 
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -262,8 +274,17 @@ def convert(
                                  "training images."),
     calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
                                       "(stratified, from the training split only)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="With --model: the dataset it was "
-                                          "trained on (default fashion_mnist)."),
+    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="With --model: its data (default "
+                                          "fashion_mnist): a built-in name, an image folder (one sub-folder per class; "
+                                          "train/ and test/ inside, or --test-split) or an .npz (x_test, y_test, "
+                                          "optional x_train, y_train, class_names)."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="With --model: input scaling the model expects: unit "
+                                        "(0..1, default), symmetric (-1..1), raw (0..255), imagenet (mean/std). "
+                                        "Recorded in the run; later commands use it."),
+    test_split: Optional[float] = typer.Option(None, "--test-split", help="With --model and a folder of class "
+                                               "folders: hold out this fraction per class as the test set (seeded)."),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="With --model and data without a train "
+                                              "split: images to calibrate int8 on (folder or .npz; never test images)."),
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = typer.Option(False, "--force", help="Replace artifacts made from another model or calibration."),
     unsafe: bool = UNSAFE_OPT,
@@ -273,19 +294,23 @@ def convert(
 
     Kinds: tflite-fp32, tflite-fp16, tflite-dynamic, tflite-int8, onnx-fp32, onnx-fp16, onnx-int8.
     Artifacts already made from the same model are kept (reported 'up to date')."""
-    from exporter import data as data_mod
     from exporter import formats
     from exporter import manifest as mf
     from exporter.convert import convert as convert_fn, import_model
 
     kinds = formats.select(fmt, quantize)
     if model is not None:
-        ds = data_mod.load_dataset(dataset or "fashion_mnist", data_dir=data_dir)
-        run = import_model(model, run=run, dataset=ds, force=force, unsafe=unsafe)
+        run = import_model(model, run=run, data=dataset, scale=scale, test_split=test_split, calib_data=calib_data,
+                           data_dir=data_dir, force=force, unsafe=unsafe)
         force = False  # the new run has no artifacts yet
     else:
+        if scale or test_split is not None or calib_data is not None:
+            from exporter.errors import UsageError
+
+            raise UsageError("--scale, --test-split and --calib-data are set when a model is imported (--model)",
+                             hint="the run records them; pass --model again to make a new run")
         run = mf.resolve_run(run)
-        ds = _run_dataset(run, data_dir)
+    ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
                         unsafe=unsafe, progress=_progress(json_out))
     man = mf.read_manifest(run)
@@ -318,8 +343,11 @@ def validate(
                                                  "difference of output probabilities."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per inference call."),
     threads: Optional[int] = THREADS_OPT,
-    test_limit: Optional[int] = typer.Option(None, "--test-limit", help="Use a stratified subset of the test "
-                                             "set (default: all of it)."),
+    test_limit: Optional[int] = typer.Option(None, "--limit", "--test-limit", help="Validate on a stratified sample "
+                                             "of this many test images (default: all of them); validation.json then "
+                                             "gives 95% Wilson intervals, and the agreement gate fails only if the "
+                                             "interval's upper bound is below it."),
+    dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
@@ -333,7 +361,7 @@ def validate(
     from exporter.validate import failure_summary, validate as validate_fn
 
     run = mf.resolve_run(run)
-    ds = _run_dataset(run, data_dir, test_limit)
+    ds = _run_dataset(run, data_dir, test_limit, data=dataset)
     report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
                          overrides={"max_drop": max_drop, "min_agreement": min_agreement,
                                     "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=_progress(json_out))
@@ -392,6 +420,7 @@ def bench(
                                 "run on --device."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the Keras original "
                                    "(model.predict and the compiled predict_on_batch)."),
+    dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
@@ -408,7 +437,7 @@ def bench(
         from exporter.errors import UsageError
 
         raise UsageError(f"unknown --device '{device}'", hint="use cpu or gpu")
-    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir), kinds=_split(artifacts), cfg=cfg, strict=strict,
+    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir, data=dataset), kinds=_split(artifacts), cfg=cfg, strict=strict,
                       include_reference=reference, progress=_progress(json_out))
     if json_out:
         _print_json(report)
@@ -465,13 +494,49 @@ def _print_report(table: dict) -> None:
         out.print(f"plot: {table['plot']}", markup=False, highlight=False, soft_wrap=True)
 
 
+# ------------------------------------------------------------------------------ predict
+
+@app.command()
+@_boundary
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images (PNG, JPEG, BMP, ...)."),
+    run: Optional[Path] = RUN_OPT,
+    artifact: Optional[str] = typer.Option(None, "--artifact", "-a", help="Kind to use (e.g. tflite-int8, onnx-fp32, "
+                                           "keras). Default: the smallest that passed validation; before validation, "
+                                           "the float32 TFLite (else ONNX) file."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
+    threads: Optional[int] = THREADS_OPT,
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Top-k classes with probabilities for each image, preprocessed as the run records (size, colour,
+    scale); a logits model's outputs are turned into probabilities with softmax."""
+    from exporter import manifest as mf
+    from exporter.predict import predict as predict_fn
+
+    result = predict_fn(run=mf.resolve_run(run), paths=images, kind=artifact, top_k=top_k, threads=threads,
+                        unsafe=unsafe)
+    if json_out:
+        _print_json(result)
+        return
+    a = result["artifact"]
+    table = Table(title=f"{a['file']} ({a['kind']}: {a['why']})")
+    table.add_column("image")
+    for i in range(min(top_k, max((len(r["top"]) for r in result["predictions"]), default=0))):
+        table.add_column(f"#{i + 1}")
+    for r in result["predictions"]:
+        table.add_row(escape(r["file"]), *[f"{escape(t['class'])} {t['probability']:.1%}" for t in r["top"]])
+    out.print(table)
+
+
 # ------------------------------------------------------------------------------ pipeline
 
 @app.command()
 @_boundary(tensorflow=True)
 def pipeline(
     model: str = typer.Option("resmini", "--model", "-m", help="Registry model to train."),
-    dataset: str = typer.Option("fashion_mnist", "--dataset", "-d", help="Dataset."),
+    dataset: str = typer.Option("fashion_mnist", "--data", "--dataset", "-d", help="Dataset: a built-in name, an "
+                                "image folder with train/ and test/, or an .npz with x_train, y_train, x_test, y_test."),
     recipe: str = typer.Option("fast", "--recipe", help="Training recipe: fast (CPU default) or seed."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Override the recipe's epochs."),
     run: Optional[Path] = typer.Option(None, "--run", help="Run folder (default artifacts/<model>-<dataset>-pipeline)."),

@@ -59,7 +59,8 @@ def _stored_key(path: Path) -> str | None:
 
 
 def default_run(cfg: PipelineConfig) -> Path:
-    return mf.artifacts_root() / f"{cfg.model}-{cfg.dataset}-pipeline"
+    name = Path(cfg.dataset).stem if Path(cfg.dataset).suffix == ".npz" else Path(cfg.dataset).name
+    return mf.artifacts_root() / f"{cfg.model}-{name}-pipeline"
 
 
 def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = False, data_dir=None,
@@ -74,8 +75,9 @@ def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = 
         stages[name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
         on_stage(name, status, stages[name]["seconds"])
 
-    ds = data_mod.load_dataset(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit,
-                               test_limit=cfg.test_limit)
+    from exporter.rundata import open_data
+
+    ds = open_data(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
 
     def do_train():
         if (run / mf.MANIFEST).is_file() and not force:

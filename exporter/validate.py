@@ -45,7 +45,7 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
     ref_kind = man["model"].get("format", "keras")
     ref_path = run / man["model"]["file"]
     model_sha = sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256")
-    data_hash = _test_set_hash(dataset.x_test, dataset.y_test)
+    data_hash = dataset.content_hash
     try:
         runner = load_runner(ref_path, kind=ref_kind, threads=threads, unsafe=unsafe)
     except MissingRuntimeError as exc:
@@ -112,7 +112,8 @@ def check_gates(metrics: dict, gates: formats.Gates) -> list[str]:
     if not metrics["finite"]:
         failures.append("outputs contain NaN or Inf")
         return failures
-    if gates.min_agreement is not None and metrics["agreement"] < gates.min_agreement:
+    # On a sample (--limit) the agreement gate applies to its 95% interval: fail only if even the upper bound misses.
+    if gates.min_agreement is not None and metrics.get("agreement_ci95", [0, metrics["agreement"]])[1] < gates.min_agreement:
         rest = metrics.get("agreement_without_near_ties")
         note = (f" ({rest:.2f}% without the {metrics['near_ties_percent']:.1f}% near-ties, where the reference's top two "
                 f"classes are < {NEAR_TIE_MARGIN} apart)") if rest is not None and metrics["near_ties_percent"] > 0 else ""
@@ -163,6 +164,8 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
+        if dataset.subset.get("test"):
+            metrics.update(sample_intervals(out, ref, y))
         gates = kind.gates.override(**(overrides or {}))
         failures = check_gates(metrics, gates)
         unchanged = sha256_file(run / entry["file"]) == entry.get("sha256")
@@ -175,13 +178,25 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         runner.close()
     report = {
         "run": str(run), "created": mf.now_iso(),
-        "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y))},
+        "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y)), "content_hash": dataset.content_hash,
+                    **({"sample": {**dataset.subset["test"], "intervals": "95% Wilson; the agreement gate fails only "
+                                   "if the interval's upper bound is below it"}} if dataset.subset.get("test") else {})},
         "reference": {**ref_info, "accuracy": ref_acc},
         "artifacts": results,
         "passed": all(r["passed"] for r in results),
     }
     write_json_atomic(run / VALIDATION_FILE, report)
     return report
+
+
+def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
+    """95% Wilson intervals of accuracy (fraction) and agreement (percent) on a stratified sample."""
+    from exporter.stats import wilson_interval
+
+    n = len(y)
+    acc = wilson_interval(int((out.argmax(1) == y).sum()), n)
+    agree = wilson_interval(int((out.argmax(1) == ref.argmax(1)).sum()), n)
+    return {"accuracy_ci95": [acc[0], acc[1]], "agreement_ci95": [100 * agree[0], 100 * agree[1]]}
 
 
 def failure_summary(report: dict) -> str:
