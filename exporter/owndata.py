@@ -183,6 +183,10 @@ class FileItems:
             try:
                 with Image.open(io.BytesIO(raw)) as im:
                     self.sizes.setdefault(im.size, str(p))
+                    fmt = im.format
+                    im.verify()  # PNG: every chunk's CRC, so a cut-off file is caught now, not mid-validation
+                if fmt == "JPEG" and raw.rstrip(b"\0")[-2:] != b"\xff\xd9":
+                    raise OSError("JPEG data ends before its end-of-image marker")
             except UnidentifiedImageError:
                 raise DataError(f"{p} is not an image (Pillow cannot identify it)",
                                 hint="class folders must hold only PNG/JPEG/BMP images; remove it") from None
