@@ -79,7 +79,8 @@ def make_model(path: Path) -> None:
 
 
 def child(cmd: list[str]) -> dict:
-    """Run cmd; its wall time, exit code and peak RSS (MiB) from wait4's rusage of that child alone."""
+    """Run cmd; its wall time, exit code and peak RSS (MiB) from wait4's rusage of that child alone
+    (this process imports no TensorFlow, so what the child inherits at fork is small: see parent_rss_mib)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = proc.stderr.read()
@@ -91,17 +92,27 @@ def child(cmd: list[str]) -> dict:
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
 
 
+def parent_rss() -> float:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmRSS"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="5000,50000")
     ap.add_argument("--work", default="/tmp/own-data-memory")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
+    ap.add_argument("--make-model", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.make_model:
+        return make_model(Path(args.make_model))
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model = work / "m.keras"
-    make_model(model)
+    # In a child: this process must stay small, since a child's ru_maxrss starts from its parent's
+    # resident size at fork (Linux keeps the pre-exec high-water mark).
+    subprocess.run([sys.executable, __file__, "--make-model", str(model)], check=True)
     cases = []
     for n in (int(v) for v in args.sizes.split(",")):
         cases.append(("npz (stored, read lazily)", n, work / f"test_{n}.npz", write_npz_stored))
@@ -124,7 +135,7 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True) if data.is_dir() else data.unlink()
     doc = {"benchmark": "own_data_memory", "command": "resexport validate --run RUN (kinds: keras reference + "
            "tflite-fp32; batch 256)", "image_shape": list(IMAGE), "machine": machine(), "results": rows,
-           "limit_mib": 1536}
+           "limit_mib": 1536, "parent_rss_mib_at_spawn": parent_rss()}
     lines = ["# Peak memory of `resexport validate` on your own data", "",
              f"96x96x3 uint8 test images, a small CNN of our own (Keras reference + tflite-fp32), batch 256. "
              f"Peak RSS of the validate process (wait4 ru_maxrss). Machine: {doc['machine']['cpu']} "

@@ -45,9 +45,9 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
                          hint="to check an exported file, use `resexport validate`")
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
     if dataset is None:
-        pp = rundata.model_preprocessing(reference.input_shape, scale, model_path)
-        if data is None or data_mod.is_builtin_name(str(data)):
-            pp = pp if scale not in (None, "unit") else None  # built-ins as before unless scaled
+        builtin = data is None or data_mod.is_builtin_name(str(data))
+        pp = None if builtin and scale in (None, "unit") else \
+            rundata.model_preprocessing(reference.input_shape, scale, model_path)  # built-ins as before unless scaled
         dataset = rundata.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data)
     pp = dataset.preprocessing or rundata.model_preprocessing(dataset.input_shape, "unit", model_path)
     check_input_matches(model_path, reference.input_shape, dataset.input_shape,
@@ -148,8 +148,9 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
 
     pp = rundata.run_preprocessing(man) or dataset.preprocessing or \
         rundata.model_preprocessing(dataset.input_shape, "unit", ref_path)
-    if "preprocessing" not in man:
-        man["preprocessing"] = pp.to_dict()
+    if "preprocessing" not in man or "content_hash" not in man["dataset"]:
+        man["preprocessing"] = man.get("preprocessing") or pp.to_dict()
+        man["dataset"]["content_hash"] = dataset.content_hash
         mf.write_manifest(run, man)
     deploy = deployment_info(pp, dataset.class_names)
     write_deployment_files(run, deploy)

@@ -491,7 +491,7 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
         x_train, y_train = owndata.LazyImages(train.items, np.arange(len(train.labels)), pp), train.labels
     else:
         x_train, y_train = owndata.LazyImages(src.test.items, np.zeros(0, np.int64), pp), np.zeros(0, np.int64)
-    name = Path(spec).name or str(spec)
+    name = (Path(spec).stem if Path(spec).suffix.lower() == ".npz" else Path(spec).name) or str(spec)
     return Dataset(name, x_train, y_train, x_test, src.test.labels, src.class_names, str(origin["path"]),
                    {}, origin, pp)
 

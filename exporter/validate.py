@@ -117,7 +117,9 @@ def check_gates(metrics: dict, gates: formats.Gates) -> list[str]:
         rest = metrics.get("agreement_without_near_ties")
         note = (f" ({rest:.2f}% without the {metrics['near_ties_percent']:.1f}% near-ties, where the reference's top two "
                 f"classes are < {NEAR_TIE_MARGIN} apart)") if rest is not None and metrics["near_ties_percent"] > 0 else ""
-        failures.append(f"agreement {metrics['agreement']:.2f}% < {gates.min_agreement}%{note}")
+        ci = (f" (95% interval up to {metrics['agreement_ci95'][1]:.2f}% on this sample)"
+              if "agreement_ci95" in metrics else "")
+        failures.append(f"agreement {metrics['agreement']:.2f}%{ci} < {gates.min_agreement}%{note}")
     if gates.max_drop is not None and -metrics["change_points"] > gates.max_drop:
         failures.append(f"accuracy drop {-metrics['change_points']:.2f} pt > {gates.max_drop} pt")
     if gates.max_abs_diff is not None and metrics["max_abs_diff"] > gates.max_abs_diff:

@@ -239,3 +239,21 @@ def test_unknown_scale_is_a_usage_error(own, tmp_path):
 def test_decode_errors_are_data_errors():
     with pytest.raises(DataError, match="not an image"):
         owndata.decode_image(b"hello", "x.png", owndata.Preprocessing(8, 8, 3))
+
+
+def test_wilson_interval_and_the_conservative_agreement_gate():
+    from exporter import formats
+    from exporter.stats import wilson_interval
+    from exporter.validate import check_gates
+
+    lo, hi = wilson_interval(12, 12)
+    assert hi == 1.0 and abs(lo - 12 / (12 + 1.959964 ** 2)) < 1e-9
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3
+    gates = formats.Gates(min_agreement=97.0)
+    base = {"finite": True, "agreement": 95.0, "agreement_without_near_ties": None, "near_ties_percent": 0.0,
+            "change_points": 0.0, "max_abs_diff": 0.0}
+    assert check_gates(base, gates)  # the whole test set: 95% < 97% fails
+    assert not check_gates({**base, "agreement_ci95": [88.0, 98.5]}, gates)  # a sample that cannot prove a miss
+    [fail] = check_gates({**base, "agreement_ci95": [90.0, 96.5]}, gates)
+    assert "interval up to 96.50%" in fail
