@@ -80,7 +80,7 @@ def make_model(path: Path) -> None:
 
 def child(cmd: list[str]) -> dict:
     """Run cmd; its wall time, exit code and peak RSS (MiB) from wait4's rusage of that child alone
-    (this process imports no TensorFlow, so what the child inherits at fork is small: see parent_rss_mib)."""
+    (this process imports no TensorFlow, so what the child inherits at fork is small: see parent_rss_mib_at_end, an upper bound of it at every spawn)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     err = proc.stderr.read()
@@ -135,7 +135,7 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True) if data.is_dir() else data.unlink()
     doc = {"benchmark": "own_data_memory", "command": "resexport validate --run RUN (kinds: keras reference + "
            "tflite-fp32; batch 256)", "image_shape": list(IMAGE), "machine": machine(), "results": rows,
-           "limit_mib": 1536, "parent_rss_mib_at_spawn": parent_rss()}
+           "limit_mib": 1536, "parent_rss_mib_at_end": parent_rss()}
     lines = ["# Peak memory of `resexport validate` on your own data", "",
              f"96x96x3 uint8 test images, a small CNN of our own (Keras reference + tflite-fp32), batch 256. "
              f"Peak RSS of the validate process (wait4 ru_maxrss). Machine: {doc['machine']['cpu']} "
