@@ -381,12 +381,17 @@ class Source:
     def warn_mixed_sizes(self, pp: Preprocessing) -> None:
         sizes = {}
         for split in (self.test, self.train):
-            if split is not None and isinstance(split.items, FileItems):
-                sizes.update(split.items.sizes)
-        if len(sizes) > 1:
+            if split is not None:
+                sizes.update(getattr(split.items, "sizes", {}))
+        key = (str(Path(self.path).resolve()), pp.key())
+        if len(sizes) > 1 and key not in _WARNED:  # once per process, however often the data is opened
+            _WARNED.add(key)
             shown = ", ".join(f"{w}x{h}" for (w, h) in sorted(sizes)[:3])
             log.warning("%s: images come in %d sizes (%s%s); every image is resized to %dx%d", self.path,
                         len(sizes), shown, ", ..." if len(sizes) > 3 else "", pp.width, pp.height)
+
+
+_WARNED: set = set()
 
 
 def _is_hidden(p) -> bool:

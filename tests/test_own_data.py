@@ -257,3 +257,28 @@ def test_wilson_interval_and_the_conservative_agreement_gate():
     assert not check_gates({**base, "agreement_ci95": [88.0, 98.5]}, gates)  # a sample that cannot prove a miss
     [fail] = check_gates({**base, "agreement_ci95": [90.0, 96.5]}, gates)
     assert "interval up to 96.50%" in fail
+
+
+def test_warnings_at_the_command_line_are_said_once(own, tmp_path, shapes):
+    """In a real process (logging to stderr): mixed image sizes and --scale on a model that rescales
+    itself are one warning line each, and the command succeeds."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    for i, f in enumerate(sorted((shapes / "train" / "green_disc").glob("*.png"))[:4]):
+        Image.open(f).resize((90 + i, 77)).save(f)
+    model = train_tiny_model(tmp_path / "rescaling.keras", rescaling=True, scale="raw", epochs=1)
+    env = {**os.environ, "RESEXPORT_ARTIFACTS": str(tmp_path / "artifacts"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "exporter", "convert", "--model", str(model), "--data", str(shapes),
+                           "--scale", "symmetric", "--format", "onnx", "--quantize", "int8"],
+                          capture_output=True, text=True, timeout=300, env=env,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING exporter")]
+    assert len(warnings) == 2, proc.stderr[-3000:]
+    assert sum("scaled twice" in w for w in warnings) == 1
+    assert sum("resized to 64x64" in w and "sizes" in w for w in warnings) == 1
