@@ -92,6 +92,24 @@ def test_own_model_on_an_npz_no_flags(own, tmp_path):
     assert val["passed"] and val["dataset"]["samples"] == 30
     pred = json.loads(ok(cli(art, "predict", "--json", "--top-k", "2", own["folder"] / "test" / "red_bar")).stdout)
     assert all(r["top"][0]["class"] == "red_bar" and len(r["top"]) == 2 for r in pred["predictions"])
+    # predict on an edge box: TensorFlow's import blocked, the int8 TFLite file through ai-edge-litert
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    from tests.conftest import BLOCK_TF
+
+    code = BLOCK_TF + ("from exporter.cli import main\n"
+                       "sys.argv = ['resexport', 'predict', '--json', '--artifact', 'tflite-int8', '--run', sys.argv[1], sys.argv[2]]\n"
+                       "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(run), str(own["folder"] / "test" / "blue_square")],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    edge = json.loads(proc.stdout)
+    assert edge["artifact"]["kind"] == "tflite-int8"
+    assert all(r["top"][0]["class"] == "blue_square" for r in edge["predictions"])
     limited = json.loads(ok(cli(art, "validate", "--limit", "12", "--json")).stdout)
     row = limited["artifacts"][0]
     assert limited["dataset"]["samples"] == 12 and row["agreement_ci95"][1] == 100.0
