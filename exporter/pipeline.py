@@ -12,7 +12,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter.bench import BENCH_FILE, BenchConfig, bench
