@@ -46,6 +46,8 @@ def flag(*names: str, help: str):  # noqa: A002  (typer's own keyword)
 RUN_OPT = typer.Option(None, "--run", help="Run folder (default: the newest under artifacts/).")
 DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else $RESEXPORT_DATA, "
                         "~/.keras/datasets, /usr/share/datasets).")
+DATASET_OPT = typer.Option(None, "--data", "--dataset", "-d", help="Data to use instead of the run's own: a built-in "
+                           "name, an image folder or an .npz (preprocessed as the run records).")
 THREADS_OPT = typer.Option(None, "--threads", help="CPU threads for TFLite/ONNX Runtime (default: the runtime's).")
 UNSAFE_OPT = flag("--unsafe", help="Allow Keras models with Lambda layers (runs code from the file).")
 JSON_OPT = flag("--json", help="Print machine-readable JSON on stdout (progress and messages go to stderr).")
@@ -57,6 +59,8 @@ BN_OPT = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average mome
 SEED_OPT = typer.Option(0, "--seed", help="Random seed (weights, shuffling).")
 TRAIN_LIMIT_OPT = typer.Option(None, "--train-limit", help="Train on a stratified subset of this many images.")
 TEST_LIMIT_OPT = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset of the test set.")
+TEST_SPLIT_OPT = typer.Option(None, "--test-split", help="Your own folder of class folders: hold out this fraction "
+                              "per class as the test set (stratified, seeded, recorded).")
 
 
 def _recipe_help() -> str:
@@ -70,12 +74,10 @@ MODELS_HELP = ("Registry model: resmini (the CPU default), plain12/20/32/50 and 
                "resnet18/34 (seed 000). See README, Models.")
 
 
-def _run_dataset(run: Path, data_dir, test_limit=None):
-    from exporter import data as data_mod
-    from exporter import manifest as mf
+def _run_dataset(run: Path, data_dir, test_limit=None, data=None):
+    from exporter.rundata import open_for_run
 
-    man = mf.read_manifest(run)
-    return data_mod.load_dataset(man["dataset"]["name"], data_dir=data_dir, test_limit=test_limit)
+    return open_for_run(run, data=data, data_dir=data_dir, test_limit=test_limit)
 
 
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -129,8 +131,11 @@ def main_options(
 @boundary(tensorflow=True)
 def train(
     model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
-                                          "(default: the model's own dataset)."),
+    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
+                                          "(default: the model's own dataset), or your own: an image folder (one "
+                                          "sub-folder per class; train/ and test/ inside, or --test-split) or an .npz."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Your own data: " + "unit (0..1, default), symmetric (-1..1), raw (0..255) or imagenet (mean/std)" + "."),
+    test_split: Optional[float] = TEST_SPLIT_OPT,
     recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
     epochs: Optional[int] = EPOCHS_OPT,
     batch_size: Optional[int] = BATCH_SIZE_OPT,
@@ -146,15 +151,22 @@ def train(
     json_out: bool = JSON_OPT,
 ):
     """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
-    from exporter import data as data_mod
     from exporter import manifest as mf
+    from exporter.errors import UsageError
     from exporter.models import spec
+    from exporter.rundata import open_data
     from exporter.train import resolve_recipe, train as train_fn
 
     dataset = dataset or spec(model).dataset
     r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    run = run or mf.artifacts_root() / mf.new_run_name(model, dataset)
-    ds = data_mod.load_dataset(dataset, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+    run = run or mf.artifacts_root() / mf.new_run_name(model, Path(dataset).stem if Path(dataset).suffix
+                                                       else Path(dataset).name)
+    ds = open_data(dataset, scale=scale, data_dir=data_dir, test_split=test_split, train_limit=train_limit,
+                   test_limit=test_limit)
+    if len(ds.y_train) == 0:
+        raise UsageError(f"{dataset} has no training split", hint="use a folder with train/ and test/, or pass "
+                                                                  "--test-split F")
+    dataset = ds.name
     result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
                       progress=progress(json_out))
     summary = {"run": str(result.run), "model": model, "dataset": dataset,
@@ -183,26 +195,36 @@ def convert(
                                  "('none' is float32). int8 is calibrated on --calib-samples training images."),
     calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
                                       "(stratified, from the training split only)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="With --model: the dataset it was "
-                                          "trained on (default fashion_mnist)."),
+    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="With --model: its data (default "
+                                          "fashion_mnist): a built-in name, an image folder (one sub-folder per class; "
+                                          "train/ and test/ inside, or --test-split) or an .npz (x_test, y_test, "
+                                          "optional x_train, y_train, class_names)."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="With --model: the input scaling the model expects: "
+                                        + "unit (0..1, default), symmetric (-1..1), raw (0..255) or imagenet (mean/std)" + ". Recorded in the run; later commands use it."),
+    test_split: Optional[float] = TEST_SPLIT_OPT,
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="With --model and data without a train "
+                                              "split: images to calibrate int8 on (folder or .npz; never test images)."),
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = flag("--force", help="Replace artifacts made from another model or calibration."),
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    from exporter import data as data_mod
     from exporter import manifest as mf
     from exporter.convert import convert as convert_fn, import_model
+    from exporter.errors import UsageError
     from exporter.report import CONVERT_HEADERS, convert_rows
 
     kinds = formats.select(fmt, quantize)
     if model is not None:
-        ds = data_mod.load_dataset(dataset or "fashion_mnist", data_dir=data_dir)
-        run = import_model(model, run=run, dataset=ds, force=force, unsafe=unsafe)
+        run = import_model(model, run=run, data=dataset, scale=scale, test_split=test_split, calib_data=calib_data,
+                           data_dir=data_dir, force=force, unsafe=unsafe)
         force = False  # the new run has no artifacts yet
     else:
+        if scale or test_split is not None or calib_data is not None:
+            raise UsageError("--scale, --test-split and --calib-data are set when a model is imported (--model)",
+                             hint="the run records them; pass --model again to make a new run")
         run = mf.resolve_run(run)
-        ds = _run_dataset(run, data_dir)
+    ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
                         unsafe=unsafe, progress=progress(json_out))
     rows = convert_rows(mf.read_manifest(run), status)
@@ -234,7 +256,11 @@ def validate(
                                                  "difference of output probabilities."),
     batch_size: int = typer.Option(256, "--batch-size", help="Images per inference call."),
     threads: Optional[int] = THREADS_OPT,
-    test_limit: Optional[int] = TEST_LIMIT_OPT,
+    test_limit: Optional[int] = typer.Option(None, "--limit", "--test-limit", help="Validate on a stratified sample "
+                                             "of this many test images (default: all of them); validation.json then "
+                                             "gives 95% Wilson intervals, and the agreement gate fails only if the "
+                                             "interval's upper bound is below it."),
+    dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
@@ -245,7 +271,7 @@ def validate(
     from exporter.validate import failure_summary, validate as validate_fn
 
     run = mf.resolve_run(run)
-    ds = _run_dataset(run, data_dir, test_limit)
+    ds = _run_dataset(run, data_dir, test_limit, data=dataset)
     report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
                          overrides={"max_drop": max_drop, "min_agreement": min_agreement,
                                     "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=progress(json_out))
@@ -279,6 +305,7 @@ def bench(
     strict: bool = flag("--strict", help="Fail (exit 5) instead of skipping a target that cannot run on --device."),
     reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the Keras original "
                                    "(model.predict and the compiled predict_on_batch)."),
+    dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
 ):
@@ -291,7 +318,7 @@ def bench(
     run = mf.resolve_run(run)
     cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
                       threads=threads, device=device)
-    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir), kinds=_split(artifacts), cfg=cfg, strict=strict,
+    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir, data=dataset), kinds=_split(artifacts), cfg=cfg, strict=strict,
                       include_reference=reference, progress=progress(json_out))
     if json_out:
         print_json(report)
@@ -328,13 +355,46 @@ def _print_report(table: dict) -> None:
         print_verbatim(f"plot: {table['plot']}")
 
 
+# ------------------------------------------------------------------------------ predict
+
+@app.command(short_help="Top-k classes for your images from any artifact.")
+@boundary
+def predict(
+    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images (PNG, JPEG, BMP, ...)."),
+    run: Optional[Path] = RUN_OPT,
+    artifact: Optional[str] = typer.Option(None, "--artifact", "-a", help="Kind to use (e.g. tflite-int8, onnx-fp32, "
+                                           "keras). Default: the smallest that passed validation; before validation, "
+                                           "the float32 TFLite (else ONNX) file."),
+    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
+    threads: Optional[int] = THREADS_OPT,
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Top-k classes with probabilities for each image, preprocessed as the run records (size, colour,
+    scale); a logits model's outputs are turned into probabilities with softmax."""
+    from exporter import manifest as mf
+    from exporter.predict import predict as predict_fn
+
+    result = predict_fn(run=mf.resolve_run(run), paths=images, kind=artifact, top_k=top_k, threads=threads,
+                        unsafe=unsafe)
+    if json_out:
+        print_json(result)
+        return
+    a = result["artifact"]
+    k = min(top_k, max((len(r["top"]) for r in result["predictions"]), default=0))
+    print_table(f"{a['file']} ({a['kind']}: {a['why']})", ["image", *[f"#{i + 1}" for i in range(k)]],
+                [[r["file"], *[f"{t['class']} {t['probability']:.1%}" for t in r["top"]]] for r in result["predictions"]],
+                left=("image",))
+
+
 # ------------------------------------------------------------------------------ pipeline
 
 @app.command(short_help="The whole job with no flags: train, convert, validate, bench, report.")
 @boundary(tensorflow=True)
 def pipeline(
     model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
-    dataset: str = typer.Option("fashion_mnist", "--dataset", "-d", help="Dataset."),
+    dataset: str = typer.Option("fashion_mnist", "--data", "--dataset", "-d", help="Dataset: a built-in name, an "
+                                "image folder with train/ and test/, or an .npz with x_train, y_train, x_test, y_test."),
     recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
     epochs: Optional[int] = EPOCHS_OPT,
     lr: Optional[float] = LR_OPT,

@@ -4,6 +4,7 @@ exporter/export/; this module owns the run-folder bookkeeping around them."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -25,10 +26,16 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION = 500
 
 
-def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Dataset, force: bool = False,
-                 unsafe: bool = False) -> Path:
+def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Dataset | None = None,
+                 data: str | None = None, scale: str | None = None, test_split: float | None = None,
+                 calib_data=None, data_dir=None, force: bool = False, unsafe: bool = False) -> Path:
     """Make a run folder around an existing model (.keras, legacy .h5, or SavedModel folder).
-    The model is checked (loads, fits the dataset) before anything is written, then copied in."""
+    The model is checked (loads, fits the dataset) before anything is written, then copied in.
+
+    The data is `dataset`, or opened from `data` (a built-in name, an image folder or an .npz) with
+    the preprocessing the model needs: its input size and channels, and `scale`. That preprocessing
+    is recorded in the manifest and used by every later stage."""
+    from exporter import rundata
     from exporter.train import staged_run
 
     model_path = Path(model_path)
@@ -39,9 +46,18 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
         raise UsageError(f"--model takes a .keras, .h5 or SavedModel folder, not a {row.family} artifact",
                          hint="to check an exported file, use `resexport validate`")
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
+    if dataset is None:
+        builtin = data is None or data_mod.is_builtin_name(str(data))
+        pp = None if builtin and scale in (None, "unit") else \
+            rundata.model_preprocessing(reference.input_shape, scale, model_path)  # built-ins as before unless scaled
+        dataset = rundata.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data)
+    pp = dataset.preprocessing or rundata.model_preprocessing(dataset.input_shape, "unit", model_path)
     reference.check_fits(dataset.input_shape, dataset.num_classes)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
         check_weights_finite(reference.model, model_path)
+        if scale is not None and scale != "raw" and _has_rescaling(reference.model):
+            log.warning("%s already has a Rescaling layer and --scale %s scales its inputs too: they are scaled "
+                        "twice (pass --scale raw if the model expects 0..255 pixels)", model_path, scale)
     output, detected_by = _detect_output(getattr(reference, "model", None), reference, dataset)
     batch = batch_invariance(reference, dataset, batch_size=64, convention=output,
                              tolerance=REFERENCE_BATCH_TOLERANCE)
@@ -64,7 +80,8 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
                       "sha256": sha256_path(tmp / target), "input_shape": list(dataset.input_shape),
                       "num_classes": dataset.num_classes, "input_name": "image",
                       "output": output, "output_detected_by": detected_by},
-            "dataset": dataset.describe(), "versions": mf.library_versions(), "artifacts": {}})
+            "dataset": dataset.describe(), "preprocessing": pp.to_dict(),
+            "versions": mf.library_versions(), "artifacts": {}})
     return run
 
 
@@ -75,13 +92,45 @@ def _detect_output(model, runner, dataset) -> tuple[str, str]:
     return outputs.detect(model, sample) if model is not None else outputs.detect_from_values(sample)
 
 
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        yield from _walk_layers(layer)
+
+
+def _has_rescaling(model) -> bool:
+    return any(type(layer).__name__ in ("Rescaling", "Normalization") for layer in _walk_layers(model))
+
+
+def deployment_info(pp, class_names) -> dict:
+    """What a deployer needs beside the model file (ONNX metadata_props, preprocessing.json)."""
+    d = pp.to_dict()
+    return {"class_names": list(class_names), "input_size": d["size"], "channels": d["channels"],
+            "color": d["color"], "layout": d["layout"], "scale": d["scale"], "input_range": d["input_range"],
+            "mean": d["mean"], "std": d["std"], "formula": d["formula"], "resize": d["resize"]}
+
+
+def write_deployment_files(run: Path, info: dict) -> None:
+    """labels.txt (one class per line, in output order) and preprocessing.json beside the artifacts."""
+    from exporter.fsutil import write_bytes_atomic, write_json_atomic
+
+    labels = "".join(f"{name}\n" for name in info["class_names"]).encode()
+    if not (run / LABELS_FILE).is_file() or (run / LABELS_FILE).read_bytes() != labels:
+        write_bytes_atomic(run / LABELS_FILE, labels)
+    write_json_atomic(run / PREPROCESSING_FILE, info)
+
+
+LABELS_FILE = "labels.txt"
+PREPROCESSING_FILE = "preprocessing.json"
+
+
 CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
 
 
-def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration) -> dict:
-    """What one artifact depends on: the stage key's inputs (the model, the calibration set for
-    int8, the converters' versions)."""
-    return {"kind": kind.name, "model_sha256": source_sha,
+def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration, deploy: dict) -> dict:
+    """What one artifact depends on: the stage key's inputs (the model, the preprocessing and class
+    names it carries, the calibration set for int8, the converters' versions)."""
+    return {"kind": kind.name, "model_sha256": source_sha, "deployment": deploy,
             "calibration": calibration.describe() if kind.needs_calibration and calibration else None,
             "converters": mf.library_versions(CONVERTER_PACKAGES)}
 
@@ -105,7 +154,17 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     calibration = None
     if any(k.needs_calibration for k in kinds):
         calibration = data_mod.calibration_set(dataset, calib_samples)
-    keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration)) for kind in kinds}
+    from exporter import rundata
+
+    pp = rundata.run_preprocessing(man) or dataset.preprocessing or \
+        rundata.model_preprocessing(dataset.input_shape, "unit", ref_path)
+    if "preprocessing" not in man or "content_hash" not in man["dataset"]:
+        man["preprocessing"] = man.get("preprocessing") or pp.to_dict()
+        man["dataset"]["content_hash"] = dataset.content_hash
+        mf.write_manifest(run, man)
+    deploy = deployment_info(pp, dataset.class_names)
+    write_deployment_files(run, deploy)
+    keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy)) for kind in kinds}
 
     status: dict[str, str] = {}
     conflicts = []
@@ -140,6 +199,10 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                 out = run / kind.filename
                 start = time.perf_counter()
                 details = kind.load_exporter()(source, out, calibration if kind.needs_calibration else None)
+                if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic
+                    from exporter.export.onnx import write_metadata
+
+                    write_metadata(out, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in deploy.items()})
                 runner = load_runner(out, kind=kind.name)
                 entry = {
                     "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,

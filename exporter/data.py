@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -16,6 +17,7 @@ import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,10 +58,35 @@ class Dataset:
     class_names: tuple[str, ...]
     source: str = ""
     subset: dict = field(default_factory=dict)
+    origin: dict = field(default_factory=dict)          # the user's own data: kind, path, split; {} for built-ins
+    preprocessing: object = None                         # owndata.Preprocessing applied to x_*; None: built-in 0..1
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(d) for d in self.x_train.shape[1:])
+        return tuple(int(d) for d in self.x_test.shape[1:])
+
+    @property
+    def is_builtin(self) -> bool:
+        return not self.origin
+
+    @cached_property
+    def content_hash(self) -> str:
+        """The identity of the images as fed (16 hex digits). Built-ins: the test split's float arrays and
+        labels (as before this property existed, so cached reference outputs stay valid). The user's own
+        data: every image's content (file bytes or array rows) and label in both splits, the class names,
+        the preprocessing and the subset taken."""
+        if self.is_builtin and not _is_lazy(self.x_test):
+            return hashlib.sha256(np.ascontiguousarray(self.x_test).tobytes()
+                                  + np.ascontiguousarray(self.y_test).tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256()
+        for part in (self.x_test, self.x_train):
+            digest.update((part.content_hash() if _is_lazy(part) else
+                           hashlib.sha256(np.ascontiguousarray(part).tobytes()).hexdigest()).encode())
+        for part in (self.y_test, self.y_train):
+            digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
+        digest.update(json.dumps([list(self.class_names), self.preprocessing.to_dict() if self.preprocessing else None,
+                                  self.subset], sort_keys=True).encode())
+        return digest.hexdigest()[:16]
 
     @property
     def num_classes(self) -> int:
@@ -68,7 +95,16 @@ class Dataset:
     def describe(self) -> dict:
         return {"name": self.name, "source": self.source, "train": int(len(self.y_train)),
                 "test": int(len(self.y_test)), "input_shape": list(self.input_shape),
-                "class_names": list(self.class_names), **({"subset": self.subset} if self.subset else {})}
+                "class_names": list(self.class_names), **({"subset": self.subset} if self.subset else {}),
+                **({"origin": self.origin, "content_hash": self.content_hash} if self.origin else {})}
+
+
+def _is_lazy(x) -> bool:
+    return hasattr(x, "take") and hasattr(x, "item_hashes")
+
+
+def _take(x, idx):
+    return x.take(idx) if _is_lazy(x) else x[idx]
 
 
 # ----------------------------------------------------------------------------------------- IDX
@@ -348,13 +384,14 @@ def subset(ds: Dataset, *, train_limit: int | None = None, test_limit: int | Non
     x_train, y_train, x_test, y_test = ds.x_train, ds.y_train, ds.x_test, ds.y_test
     if train_limit and train_limit < len(y_train):
         idx = stratified_indices(y_train, train_limit, seed=1)
-        x_train, y_train = x_train[idx], y_train[idx]
+        x_train, y_train = _take(x_train, idx), y_train[idx]
         info["train"] = {"count": int(train_limit), "indices_sha256": indices_hash(idx)}
     if test_limit and test_limit < len(y_test):
         idx = stratified_indices(y_test, test_limit, seed=2)
-        x_test, y_test = x_test[idx], y_test[idx]
+        x_test, y_test = _take(x_test, idx), y_test[idx]
         info["test"] = {"count": int(test_limit), "indices_sha256": indices_hash(idx)}
-    return Dataset(ds.name, x_train, y_train, x_test, y_test, ds.class_names, ds.source, info)
+    return Dataset(ds.name, x_train, y_train, x_test, y_test, ds.class_names, ds.source, info, ds.origin,
+                   ds.preprocessing)
 
 
 MIN_CALIBRATION = 10
@@ -365,16 +402,130 @@ class Calibration:
     x: np.ndarray
     indices: np.ndarray
     hash: str
+    extra: dict = field(default_factory=dict)
 
     def describe(self) -> dict:
-        return {"split": "train", "count": int(len(self.indices)), "indices_sha256": self.hash}
+        return {"split": "train", "count": int(len(self.indices)), "indices_sha256": self.hash, **self.extra}
 
 
 def calibration_set(ds: Dataset, n: int = 500, *, seed: int = 0) -> Calibration:
-    """A stratified calibration subset drawn from the TRAINING split only, so it is disjoint from
-    the test set that validation uses by construction."""
+    """A stratified calibration subset drawn from the TRAINING split only (for the user's own data:
+    its train split, or the --calib-data images standing in for it), so it is disjoint from the test
+    set that validation uses by construction; for the user's data that is also checked by the
+    content hash of every image (an image in both is refused). With fewer training images than n,
+    all of them are used."""
     if n < MIN_CALIBRATION:
         raise UsageError(f"--calib-samples {n} is too few for int8 calibration",
                          hint=f"use at least {MIN_CALIBRATION} (default 500)")
+    if len(ds.y_train) == 0:
+        raise UsageError(f"{ds.name} has no training images to calibrate int8 on",
+                         hint="pass --calib-data PATH (an image folder or .npz), use a folder with train/ and "
+                              "test/, or --test-split F; or leave int8 out (--quantize none|float16|dynamic)")
+    if n > len(ds.y_train) and not ds.is_builtin:
+        if len(ds.y_train) < MIN_CALIBRATION:
+            raise UsageError(f"only {len(ds.y_train)} calibration images in {ds.name}, int8 needs at least "
+                             f"{MIN_CALIBRATION}", hint="add training images or pass a larger --calib-data")
+        log.info("calibrating on all %d training images (fewer than %d)", len(ds.y_train), n)
+        n = len(ds.y_train)
     idx = stratified_indices(ds.y_train, n, seed=seed)
-    return Calibration(ds.x_train[idx], idx, indices_hash(idx))
+    if ds.is_builtin:
+        return Calibration(ds.x_train[idx], idx, indices_hash(idx))
+    sample = _take(ds.x_train, idx)
+    if _is_lazy(sample) and _is_lazy(ds.x_test):
+        test_hashes = set(ds.x_test.item_hashes())
+        overlap = [i for i, h in zip(idx, sample.item_hashes()) if h in test_hashes]
+        if overlap:
+            where = ds.origin.get("calib_data") or ds.origin.get("path")
+            raise UsageError(f"{len(overlap)} of the {len(idx)} calibration images (from {where}) are also test "
+                             "images (identical content): calibrating on test images would flatter int8",
+                             hint="remove the duplicates, or pass --calib-data with images that are not in the test set")
+    digest = hashlib.sha256(np.asarray(idx, dtype="<i8").tobytes() + ds.content_hash.encode())
+    split = "calib-data" if ds.origin.get("calib_data") else "train"
+    return Calibration(np.asarray(sample[:], dtype=np.float32), idx, digest.hexdigest()[:16],
+                       {"split": split, "dataset_content_hash": ds.content_hash,
+                        **({"source": ds.origin["calib_data"]} if ds.origin.get("calib_data") else {})})
+
+
+# ------------------------------------------------------------------------------ the user's own data
+
+def is_builtin_name(spec: str) -> bool:
+    return str(spec) in DATASETS
+
+
+def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_data=None,
+             source=None) -> Dataset:
+    """The user's image folder or .npz as a Dataset whose x_train/x_test are lazy array-likes
+    (exporter.owndata.LazyImages) decoding and preprocessing with `pp` in batches. With calib_data
+    (a folder or .npz), its images stand in for the training split, for int8 calibration only."""
+    from exporter import owndata
+
+    src = source or owndata.open_source(Path(spec), test_split=test_split, seed=seed)
+    src.warn_mixed_sizes(pp)
+    x_test = owndata.LazyImages(src.test.items, np.arange(len(src.test.labels)), pp)
+    origin = dict(src.origin)
+    if calib_data is not None:
+        if src.train is not None:
+            raise UsageError(f"--calib-data: {spec} has its own training split, which calibration uses",
+                             hint="drop --calib-data")
+        cal = owndata.open_source(Path(calib_data))
+        cal.warn_mixed_sizes(pp)
+        names = set(src.class_names)
+        bad = [c for c in cal.class_names if c not in names] if cal.kind == "folder" else []
+        if bad:
+            raise DataError(f"--calib-data {calib_data}: class '{bad[0]}' is not one of {spec}'s classes",
+                            hint="use the same class folder names")
+        parts = [s for s in (cal.train, cal.test) if s is not None]
+        train_items = parts[0].items if len(parts) == 1 else _Concat([p.items for p in parts])
+        labels = np.concatenate([p.labels for p in parts])
+        if cal.kind == "folder":  # map the calibration folder's class order onto the test set's
+            labels = np.asarray([src.class_names.index(cal.class_names[i]) for i in labels], np.int64)
+        train = owndata.Split(train_items, labels)
+        origin["calib_data"] = str(Path(calib_data).resolve())
+    else:
+        train = src.train
+    if train is not None:
+        x_train, y_train = owndata.LazyImages(train.items, np.arange(len(train.labels)), pp), train.labels
+    else:
+        x_train, y_train = owndata.LazyImages(src.test.items, np.zeros(0, np.int64), pp), np.zeros(0, np.int64)
+    name = (Path(spec).stem if Path(spec).suffix.lower() == ".npz" else Path(spec).name) or str(spec)
+    return Dataset(name, x_train, y_train, x_test, src.test.labels, src.class_names, str(origin["path"]),
+                   {}, origin, pp)
+
+
+class _Concat:
+    """Several item sources as one (a calibration folder's train/ and test/ together)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def _split(self, idx):
+        idx = np.asarray(idx, np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        return idx, which
+
+    def item_hashes(self, idx):
+        idx, which = self._split(idx)
+        return [self.parts[w].item_hashes([i - self.offsets[w]])[0] for i, w in zip(idx, which)]
+
+    def content_hash(self):
+        return hashlib.sha256("".join(p.content_hash() for p in self.parts).encode()).hexdigest()
+
+    def load(self, idx, pp):
+        idx, which = self._split(idx)
+        return np.concatenate([self.parts[w].load([i - self.offsets[w]], pp) for i, w in zip(idx, which)]) \
+            if len(idx) else np.empty((0, *pp.shape), np.float32)
+
+
+def scaled_builtin(ds: Dataset, pp) -> Dataset:
+    """A built-in dataset (float 0..1 arrays at its own size) with a non-default --scale applied."""
+    if pp is None or pp.is_identity:
+        return ds
+    if tuple(pp.shape) != tuple(ds.input_shape):
+        raise UsageError(f"{ds.name} images are {tuple(ds.input_shape)}, the model takes {tuple(pp.shape)}",
+                         hint="built-in datasets are not resized; pass the matching --data")
+    return Dataset(ds.name, pp.scale_unit(ds.x_train), ds.y_train, pp.scale_unit(ds.x_test), ds.y_test,
+                   ds.class_names, ds.source, ds.subset, {}, pp)

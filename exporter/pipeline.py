@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter.bench import BenchConfig, bench
@@ -36,7 +35,8 @@ class PipelineConfig:
 
 
 def default_run(cfg: PipelineConfig) -> Path:
-    return mf.artifacts_root() / f"{cfg.model}-{cfg.dataset}-pipeline"
+    name = Path(cfg.dataset).stem if Path(cfg.dataset).suffix == ".npz" else Path(cfg.dataset).name
+    return mf.artifacts_root() / f"{cfg.model}-{name}-pipeline"
 
 
 def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = False, data_dir=None,
@@ -52,8 +52,9 @@ def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = 
         stages[name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
         on_stage(name, status, stages[name]["seconds"])
 
-    ds = data_mod.load_dataset(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit,
-                               test_limit=cfg.test_limit)
+    from exporter.rundata import open_data
+
+    ds = open_data(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
 
     def do_train():
         res = train(model_name=cfg.model, dataset=ds, run=run, recipe=cfg.recipe, seed=cfg.seed, force=force,

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
+
 from exporter import manifest as mf
 from exporter.data import Dataset
 from exporter.errors import OutputError, OutputExistsError, UsageError
@@ -211,11 +213,11 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
     history: list[dict] = []
     start = time.perf_counter()
     with progress.task(f"training {model_name} on {dataset.name}", total=recipe.epochs * steps_per_epoch) as task:
-        model.fit(dataset.x_train, dataset.y_train, batch_size=recipe.batch_size, epochs=recipe.epochs,
+        model.fit(np.asarray(dataset.x_train), dataset.y_train, batch_size=recipe.batch_size, epochs=recipe.epochs,
                   shuffle=True, verbose=0, callbacks=[_progress_callback(task, recipe.epochs, history)])
     seconds = time.perf_counter() - start
     with progress.task("evaluating on the test set", total=None):
-        test_loss, test_acc = model.evaluate(dataset.x_test, dataset.y_test, batch_size=500, verbose=0)
+        test_loss, test_acc = model.evaluate(np.asarray(dataset.x_test), dataset.y_test, batch_size=500, verbose=0)
 
     with staged_run(run, force=force) as tmp:
         model.save(tmp / MODEL_FILE)
@@ -230,6 +232,7 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
                       "output": OUTPUT_CONVENTION, "output_detected_by": "registry model (softmax head)",
                       "format": "keras"},
             "dataset": dataset.describe(),
+            **({"preprocessing": dataset.preprocessing.to_dict()} if dataset.preprocessing is not None else {}),
             "training": {"inputs_key": key, "inputs": inputs, "recipe": asdict(recipe), "seed": seed,
                          "backend": backend,
                          "steps_per_execution": steps_per_execution, "seconds": round(seconds, 1),

@@ -35,12 +35,6 @@ VALIDATION_FILE = "validation.json"
 REFERENCE_CACHE = "reference_outputs.npz"
 
 
-def _test_set_hash(x: np.ndarray, y: np.ndarray) -> str:
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(x).tobytes() + np.ascontiguousarray(y).tobytes()).hexdigest()[:16]
-
-
 def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, unsafe, progress):
     """The reference model's outputs on the test set, and a description of where they came from
     (including its batch-invariance check).
@@ -55,7 +49,7 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
     ref_kind = man["model"].get("format", "keras")
     ref_path = run / man["model"]["file"]
     model_sha = sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256")
-    data_hash = _test_set_hash(dataset.x_test, dataset.y_test)
+    data_hash = dataset.content_hash
     try:
         runner = load_runner(ref_path, kind=ref_kind, threads=threads, unsafe=unsafe)
     except MissingRuntimeError as exc:
@@ -215,11 +209,14 @@ def check_gates(metrics: dict, gates: formats.Gates) -> list[str]:
     if not metrics["finite"]:
         failures.append("outputs contain NaN or Inf")
         return failures
-    if gates.min_agreement is not None and metrics["agreement"] < gates.min_agreement:
+    # On a sample (--limit) the agreement gate applies to its 95% interval: fail only if even the upper bound misses.
+    if gates.min_agreement is not None and metrics.get("agreement_ci95", [0, metrics["agreement"]])[1] < gates.min_agreement:
         rest = metrics.get("agreement_without_near_ties")
         note = (f" ({rest:.2f}% without the {metrics['near_ties_percent']:.1f}% near-ties, where the reference's top two "
                 f"classes are < {NEAR_TIE_MARGIN} apart)") if rest is not None and metrics["near_ties_percent"] > 0 else ""
-        failures.append(f"agreement {metrics['agreement']:.2f}% < {gates.min_agreement}%{note}")
+        ci = (f" (95% interval up to {metrics['agreement_ci95'][1]:.2f}% on this sample)"
+              if "agreement_ci95" in metrics else "")
+        failures.append(f"agreement {metrics['agreement']:.2f}%{ci} < {gates.min_agreement}%{note}")
     if gates.max_drop is not None and -metrics["change_points"] > gates.max_drop:
         failures.append(f"accuracy drop {-metrics['change_points']:.2f} pt > {gates.max_drop} pt")
     if gates.max_abs_diff is not None and metrics["max_abs_diff"] > gates.max_abs_diff:
@@ -245,7 +242,7 @@ def validation_inputs(run: Path, man: dict, dataset, kinds: list[str], batch_siz
     ref_path = run / man["model"]["file"]
     return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256"),
             "artifacts": {k: _sha_or_none(run / man["artifacts"][k]["file"]) for k in kinds},
-            "test_set": _test_set_hash(dataset.x_test, dataset.y_test), "batch_size": batch_size,
+            "test_set": dataset.content_hash, "batch_size": batch_size,
             "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
             "gates": {k: asdict(formats.get(k).gates) for k in kinds}}
 
@@ -296,6 +293,8 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names, convention)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
+        if dataset.subset.get("test"):
+            metrics.update(sample_intervals(out, ref, y))
         gates = kind.gates.override(**(overrides or {}))
         metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
                                                        tolerance=gates.max_batch_diff)
@@ -316,7 +315,9 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
                         + " (agreement with such a reference carries little information; train the model further)")
     report = {
         "run": str(run), "created": mf.now_iso(), "inputs_key": key, "inputs": inputs,
-        "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y))},
+        "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y)), "content_hash": dataset.content_hash,
+                    **({"sample": {**dataset.subset["test"], "intervals": "95% Wilson; the agreement gate fails only "
+                                   "if the interval's upper bound is below it"}} if dataset.subset.get("test") else {})},
         "reference": {**ref_info, "accuracy": ref_acc, "output": convention,
                       "near_ties_percent": near_ties},
         "informative": not reasons, "uninformative_reasons": reasons, "warnings": warnings,
@@ -325,6 +326,16 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     }
     write_json_atomic(run / VALIDATION_FILE, report)
     return report
+
+
+def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
+    """95% Wilson intervals of accuracy (fraction) and agreement (percent) on a stratified sample."""
+    from exporter.stats import wilson_interval
+
+    n = len(y)
+    acc = wilson_interval(int((out.argmax(1) == y).sum()), n)
+    agree = wilson_interval(int((out.argmax(1) == ref.argmax(1)).sum()), n)
+    return {"accuracy_ci95": [acc[0], acc[1]], "agreement_ci95": [100 * agree[0], 100 * agree[1]]}
 
 
 def failure_summary(report: dict) -> str:

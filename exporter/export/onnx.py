@@ -84,6 +84,20 @@ def onnx_fp32_proto(source: ExportSource):
     return onnx.load_from_string(source._onnx_fp32)
 
 
+def write_metadata(path: Path, props: dict[str, str]) -> None:
+    """Set the model's metadata_props (key -> string, sorted by key, replacing any of the same key)
+    in an exported file, atomically. Deterministic: the same props give the same bytes."""
+    onnx = require("onnx", extra="onnx", purpose="ONNX metadata")
+    proto = onnx.load(str(path))
+    kept = {p.key: p.value for p in proto.metadata_props if p.key not in props}
+    merged = {**kept, **{k: str(v) for k, v in props.items()}}
+    del proto.metadata_props[:]
+    for key in sorted(merged):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, merged[key]
+    _write(proto, path)
+
+
 def _write(proto, out: Path) -> None:
     with atomic_path(out) as tmp:
         tmp.write_bytes(proto.SerializeToString())
