@@ -384,7 +384,8 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or gpu. On gpu, targets without a GPU path are "
                                "listed as skipped with the reason (never timed on the CPU instead)."),
     batch: str = typer.Option("1,8,64", "--batch", help="Batch sizes, comma-separated."),
-    threads: Optional[int] = THREADS_OPT,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads, the same for every runtime "
+                                          "(default: this machine's physical cores; recorded per row)."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls before timing."),
     min_runs: int = typer.Option(20, "--min-runs", help="Timed calls per target and batch, at least."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per target and batch, at least."),
@@ -414,8 +415,8 @@ def bench(
         _print_json(report)
         return
     env = report["environment"]
-    table = Table(title=f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores)"
-                        + (f", GPU {env['gpu']}" if env.get("gpu") else ""))
+    table = Table(title=f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores, int8 ISA: "
+                        f"{env['cpu_int8']['summary']})" + (f", GPU {env['gpu']}" if env.get("gpu") else ""))
     for col in ("target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "images/s", "cold start ms",
                 "vs predict", "vs compiled", "provider", "threads"):
         table.add_column(col, justify="left" if col in ("target", "provider") else "right")

@@ -56,11 +56,23 @@ def build_table(run: Path) -> dict:
     return {"run": str(run), "model": man["model"].get("name"), "dataset": man["dataset"].get("name"),
             "test_samples": (val or {}).get("dataset", {}).get("samples"),
             "environment": (bench or {}).get("environment"), "rows": rows,
+            "bench_rows": [{"target": r["target"], "batch": r["batch"], "threads": r.get("threads")}
+                           for r in (bench or {}).get("results", [])],
             "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", [])}
 
 
 def _fmt(v, spec: str, none: str = "–") -> str:
     return none if v is None else format(v, spec)
+
+
+def _cpu_lines(env: dict, table: dict) -> list[str]:
+    """The CPU's int8-relevant instruction sets and the threads every runtime got (from bench.json)."""
+    if not env:
+        return []
+    int8 = (env.get("cpu_int8") or {}).get("summary", "not recorded")
+    threads = sorted({r.get("threads") for r in table.get("bench_rows", []) if r.get("threads") is not None})
+    return [f"CPU instruction sets for int8: **{int8}**. Threads per runtime: "
+            f"{', '.join(map(str, threads)) or 'not recorded'} (physical cores: {env.get('physical_cores', '?')}).", ""]
 
 
 def render_markdown(table: dict) -> str:
@@ -69,6 +81,7 @@ def render_markdown(table: dict) -> str:
              f"Run `{table['run']}`. Accuracy on {table['test_samples'] or '?'} test images; latency is the "
              f"median of single calls at batch 1 on {env.get('cpu', '?')} ({env.get('cores', '?')} cores, "
              f"device {env.get('device', '?')}). Speed-up is against Keras `model.predict` at batch 1.", "",
+             *_cpu_lines(env, table),
              "| artifact | size | accuracy | vs Keras | agreement | p50 latency (b=1) | speed-up vs Keras | gate |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in table["rows"]:
