@@ -266,6 +266,12 @@ def convert(
                                           "trained on (default fashion_mnist)."),
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = typer.Option(False, "--force", help="Replace artifacts made from another model or calibration."),
+    fallback: str = typer.Option("none", "--fallback", help="int8 only: 'auto' keeps the fewest layers in float32 "
+                                 "needed to pass the int8 gate (measured on held-out training images; recorded "
+                                 "as float_layers in the manifest); 'none' quantises every layer."),
+    target_cpu: str = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
+                                   "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
+                                   "AVX2 saturation), or auto (this machine's)."),
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
@@ -287,19 +293,67 @@ def convert(
         run = mf.resolve_run(run)
         ds = _run_dataset(run, data_dir)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
-                        unsafe=unsafe, progress=_progress(json_out))
+                        unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=_progress(json_out))
     man = mf.read_manifest(run)
-    rows = [{"kind": k, "status": st, "file": man["artifacts"][k]["file"], "bytes": man["artifacts"][k]["bytes"],
-             "seconds": man["artifacts"][k].get("seconds")} for k, st in status.items()]
+    rows = []
+    for k, st in status.items():
+        e = man["artifacts"][k]
+        rows.append({"kind": k, "status": st, "file": e["file"], "bytes": e["bytes"], "seconds": e.get("seconds"),
+                     **({"float_layers": len(e.get("float_layers") or [])} if "fallback" in e else {})})
     if json_out:
         _print_json({"run": str(run), "artifacts": rows})
         return
     table = Table(title=f"converted {run}")
-    for col in ("kind", "file", "size", "status", "seconds"):
-        table.add_column(col, justify="right" if col in ("size", "seconds") else "left")
+    for col in ("kind", "file", "size", "status", "seconds", "float layers"):
+        table.add_column(col, justify="right" if col in ("size", "seconds", "float layers") else "left")
     for r in rows:
-        table.add_row(r["kind"], r["file"], f"{r['bytes'] / 1024:.1f} KiB", r["status"], f"{r['seconds']:.1f}")
+        table.add_row(r["kind"], r["file"], f"{r['bytes'] / 1024:.1f} KiB", r["status"], f"{r['seconds']:.1f}",
+                      str(r.get("float_layers", "")))
     out.print(table)
+
+
+# ------------------------------------------------------------------------------ inspect
+
+@app.command()
+@_boundary(tensorflow=True)
+def inspect(
+    run: Optional[Path] = RUN_OPT,
+    artifact: str = typer.Option("tflite-int8", "--artifact", "-a", help="tflite-int8 or onnx-int8."),
+    samples: int = typer.Option(200, "--samples", help="Held-out training images to measure on (never test images)."),
+    top: int = typer.Option(15, "--top", help="Rows to show (the JSON has every layer)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Per-layer quantisation error of an int8 artifact, worst first: each layer's int8 output against
+    the same layer in float on the same input (TFLite QuantizationDebugger; ONNX Runtime's QDQ debug
+    tools), re-made with the run's own converter settings and calibration set."""
+    from exporter import manifest as mf
+    from exporter.inspect import inspect as inspect_fn
+
+    run = mf.resolve_run(run)
+    if samples <= 0:
+        from exporter.errors import UsageError
+
+        raise UsageError(f"--samples must be positive, got {samples}")
+    report = inspect_fn(run=run, kind=artifact, dataset=_run_dataset(run, data_dir), samples=samples, unsafe=unsafe,
+                        progress=_progress(json_out))
+    if json_out:
+        _print_json(report)
+        return
+    table = Table(title=f"{artifact}: the {min(top, report['count'])} of {report['count']} quantised layers that lose "
+                        f"most ({report['images']['count']} held-out training images)")
+    for col in ("#", "op", "output tensor", "worst channel noise/std", "tensor noise/signal", "detail", "float now"):
+        table.add_column(col, justify="right" if col in ("#", "worst channel noise/std", "tensor noise/signal") else "left")
+    for i, r in enumerate(report["layers"][:top], 1):
+        detail = (f"rmse/scale {r['rmse_over_scale']:.3f}" if "rmse_over_scale" in r
+                  else f"SQNR {r['sqnr_db']:.1f} dB" if r.get("sqnr_db") is not None else "")
+        name = r["name"] if len(r["name"]) <= 70 else "…" + r["name"][-69:]
+        table.add_row(str(i), r["op"], name, f"{r['channel_noise_to_signal']:.4f}", f"{r['noise_to_signal']:.4f}", detail,
+                      "yes" if r.get("float_in_artifact") else "")
+    out.print(table)
+    if report.get("fallback") == "auto":
+        out.print(f"{len(report['float_layers'])} layer(s) kept in float by --fallback auto", highlight=False)
 
 
 # ------------------------------------------------------------------------------ validate

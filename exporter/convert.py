@@ -59,21 +59,54 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     return run
 
 
-def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, source_sha: str, calib_hash) -> bool:
+FALLBACK_CHOICES = ("none", "auto")
+
+
+def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str) -> dict:
+    """What, besides model and calibration, an int8 artifact was made with (compared by _up_to_date)."""
+    if not kind.needs_calibration:
+        return {}
+    key = {"fallback": fallback}
+    if kind.family == "onnx":
+        from exporter.export.onnx import int8_target
+
+        key["target_cpu"] = int8_target(target_cpu)["target_cpu"]
+    return key
+
+
+def _entry_int8_key(kind: formats.ArtifactKind, entry: dict) -> dict:
+    if not kind.needs_calibration:
+        return {}
+    key = {"fallback": entry.get("fallback", "none")}
+    if kind.family == "onnx":
+        key["target_cpu"] = (entry.get("target_cpu") or {}).get("target_cpu", "avx2")  # before --target-cpu: avx2's
+    return key
+
+
+def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, source_sha: str, calib_hash,
+                int8_key: dict | None = None) -> bool:
     out = run / kind.filename
     return bool(entry and out.is_file() and entry.get("source_sha256") == source_sha
                 and entry.get("sha256") == sha256_file(out)
-                and (not kind.needs_calibration or entry.get("calibration", {}).get("indices_sha256") == calib_hash))
+                and (not kind.needs_calibration or entry.get("calibration", {}).get("indices_sha256") == calib_hash)
+                and _entry_int8_key(kind, entry) == (int8_key or {}))
 
 
 def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
             calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
-            progress: Progress = NULL) -> dict:
+            fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL) -> dict:
     """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
+
+    int8 kinds: `fallback` 'auto' keeps the fewest layers in float32 that make the artifact pass its
+    gate on a held-out training slice (exporter.inspect.fallback_search; recorded as float_layers);
+    `target_cpu` (auto|vnni|avx2) picks ONNX Runtime's int8 settings (export/onnx.ORT_INT8_TARGETS).
 
     Existing artifacts made from the same model (and calibration) are kept; ones made from something
     else are replaced only with force. Each artifact is written atomically and the manifest updated
     after each, so an interruption keeps everything finished so far consistent."""
+    if fallback not in FALLBACK_CHOICES:
+        raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
+    keys = {k.name: _int8_key(k, fallback, target_cpu) for k in kinds}  # also checks --target-cpu
     man = mf.read_manifest(run)
     ref_path = run / man["model"]["file"]
     source_sha = sha256_path(ref_path)
@@ -86,13 +119,14 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     conflicts = []
     for kind in kinds:
         entry = man["artifacts"].get(kind.name)
-        if _up_to_date(run, kind, entry, source_sha, calib_hash) and not force:
+        if _up_to_date(run, kind, entry, source_sha, calib_hash, keys[kind.name]) and not force:
             status[kind.name] = "up to date"
         elif (run / kind.filename).exists() and not force:
             conflicts.append(kind.filename)
     if conflicts:
         raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
-                                "current model and calibration", hint="pass --force to replace them")
+                                "current model, calibration and int8 settings (--fallback, --target-cpu)",
+                                hint="pass --force to replace them")
     todo = [k for k in kinds if k.name not in status]
     if not todo:
         return status
@@ -109,7 +143,16 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                 task.describe(kind.name)
                 out = run / kind.filename
                 start = time.perf_counter()
-                details = kind.load_exporter()(source, out, calibration if kind.needs_calibration else None)
+                if kind.needs_calibration and fallback == "auto":
+                    from exporter.inspect import fallback_search
+
+                    details = fallback_search(kind=kind, source=source, out=out, calibration=calibration,
+                                              dataset=dataset, man=man, target_cpu=target_cpu)
+                elif kind.needs_calibration:
+                    details = {"fallback": "none", "float_layers": [],
+                               **kind.load_exporter()(source, out, calibration, target_cpu=target_cpu)}
+                else:
+                    details = kind.load_exporter()(source, out, None)
                 runner = load_runner(out, kind=kind.name)
                 entry = {
                     "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,

@@ -382,3 +382,15 @@ def calibration_set(ds: Dataset, n: int = 500, *, seed: int = 0) -> Calibration:
                          hint=f"use at least {MIN_CALIBRATION} (default 500)")
     idx = stratified_indices(ds.y_train, n, seed=seed)
     return Calibration(ds.x_train[idx], idx, indices_hash(idx))
+
+
+def holdout_set(ds: Dataset, n: int, *, exclude=(), seed: int = 3) -> Calibration:
+    """A stratified slice of the TRAINING split, disjoint from `exclude` (indices into ds.x_train:
+    the calibration set, the images a model was trained on): where int8 choices are measured, so the
+    test set stays unseen until validation. Falls back to the non-excluded images if fewer than n are left."""
+    keep = np.setdiff1d(np.arange(len(ds.y_train)), np.asarray(list(exclude), dtype=np.int64))
+    if len(keep) == 0:
+        raise UsageError("no training images are left outside the calibration and training subsets",
+                         hint="use fewer --calib-samples")
+    idx = keep[stratified_indices(ds.y_train[keep], min(n, len(keep)), seed=seed)]
+    return Calibration(ds.x_train[idx], idx, indices_hash(idx))

@@ -72,7 +72,7 @@ def int8_converter(source: ExportSource, calibration):
     return converter
 
 
-def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=None) -> dict:
+def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=None, **_) -> dict:
     """Full integer: every op int8, input and output int8 (the runner quantises/dequantises with
     the parameters stored in the file). Calibrated on the training-split calibration subset.
 
@@ -121,3 +121,13 @@ def quantize_calibrated(calibrated: bytes, float_layers) -> bytes:
     except Exception as exc:
         raise ResexportError(f"TFLite selective quantisation failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
+
+
+def quantize_debug_model(calibrated: bytes) -> bytes:
+    """The calibrated model quantised with NumericVerify ops after each quantised op (float I/O):
+    what QuantizationDebugger.get_debug_quantized_model() returns for export_int8's converter."""
+    tensorflow()
+    from tensorflow.lite.python import convert as tfl_convert
+
+    return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                     enable_numeric_verify=True)
