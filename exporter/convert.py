@@ -70,8 +70,13 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str) -> dic
     if kind.family == "onnx":
         from exporter.export.onnx import int8_target
 
-        key["target_cpu"] = int8_target(target_cpu)["target_cpu"]
+        key["target_cpu"] = {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}
     return key
+
+
+# what onnx-int8 was made with before --target-cpu existed
+_LEGACY_ORT_INT8 = {"target_cpu": "avx2", "activation_type": "QInt8", "weight_type": "QInt8", "reduce_range": True,
+                    "per_channel": True}
 
 
 def _entry_int8_key(kind: formats.ArtifactKind, entry: dict) -> dict:
@@ -79,7 +84,7 @@ def _entry_int8_key(kind: formats.ArtifactKind, entry: dict) -> dict:
         return {}
     key = {"fallback": entry.get("fallback", "none")}
     if kind.family == "onnx":
-        key["target_cpu"] = (entry.get("target_cpu") or {}).get("target_cpu", "avx2")  # before --target-cpu: avx2's
+        key["target_cpu"] = {k: v for k, v in (entry.get("target_cpu") or _LEGACY_ORT_INT8).items() if k != "requested"}
     return key
 
 

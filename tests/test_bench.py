@@ -173,3 +173,16 @@ def test_bench_on_an_edge_box_without_tensorflow(converted_run):
     rep = json.loads(proc.stdout)
     assert {r["target"] for r in rep["results"]} == {"tflite-fp32", "onnx-int8"}
     assert {s["target"] for s in rep["skipped"]} == {"keras (predict)", "keras (compiled)"}
+
+
+def test_report_header_names_int8_instruction_sets_and_threads():
+    from exporter.report import render_markdown
+
+    table = {"model": "m", "dataset": "d", "run": "r", "test_samples": 10, "rows": [], "skipped": [],
+             "environment": {"cpu": "Fake", "cores": 4, "physical_cores": 2, "device": "cpu",
+                             "cpu_int8": {"summary": "AVX2, no VNNI"}},
+             "bench_rows": [{"target": "tflite-fp32", "batch": 1, "threads": 2},
+                            {"target": "onnx-fp32", "batch": 1, "threads": 2}]}
+    md = render_markdown(table)
+    assert "CPU instruction sets for int8: **AVX2, no VNNI**" in md
+    assert "Threads per runtime: 2 (physical cores: 2)" in md

@@ -107,15 +107,17 @@ def export_fp16(source: ExportSource, out: Path, calibration=None) -> dict:
     return _details(start, converter="onnxruntime.transformers.float16 (keep_io_types)")
 
 
-# ONNX Runtime int8 settings per target CPU (`convert --target-cpu`). What decides them is how ORT's
-# x86 int8 GEMM multiplies: without VNNI it uses AVX2's vpmaddubsw (u8 x s8 pairs summed into s16),
-# which saturates when two products of 8-bit weights add up past 32767; 7-bit weights (reduce_range)
-# cannot saturate. With VNNI (vpdpbusd, s32 accumulation) nothing saturates and full-range weights are
-# both exact and as fast. Measured on this project's CI machine (AVX2, no VNNI):
-# benchmarks/results/ort_int8_settings.md.
+# ONNX Runtime int8 settings per target CPU (`convert --target-cpu`). ORT's x86 int8 GEMM is u8 x s8:
+# uint8 activations (QUInt8, "U8S8") are its native input; int8 activations (S8S8) cost a conversion
+# and, on AVX2, a slower kernel. Without VNNI the u8 x s8 products are summed in pairs into int16
+# (vpmaddubsw), which saturates with full-range weights; 7-bit weights (reduce_range) cannot.
+# Measured on an AVX2 CPU without VNNI (benchmarks/results/ort_int8_settings.md): U8S8 +
+# reduce_range is as accurate as S8S8 + reduce_range (the old default) and markedly faster; without
+# reduce_range both lose ~4 points of agreement on plain12 to saturation. With VNNI (vpdpbusd,
+# int32 accumulation) nothing saturates, so full-range weights: not measured here (no VNNI machine).
 ORT_INT8_TARGETS = {
-    "avx2": {"activation_type": "QInt8", "weight_type": "QInt8", "reduce_range": True, "per_channel": True},
-    "vnni": {"activation_type": "QInt8", "weight_type": "QInt8", "reduce_range": False, "per_channel": True},
+    "avx2": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True, "per_channel": True},
+    "vnni": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": False, "per_channel": True},
 }
 TARGET_CPU_CHOICES = ("auto", "vnni", "avx2")
 
@@ -183,11 +185,12 @@ def quantize_prepared(prepared: Path, out: Path, calibration, *, target: dict, f
 
 
 def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=None, target_cpu="auto") -> dict:
-    """ONNX Runtime static quantisation: QDQ format, per-channel int8 weights, int8 activations
+    """ONNX Runtime static quantisation: QDQ format, per-channel int8 weights, 8-bit activations
     calibrated (MinMax) on the same training-split subset as TFLite int8. Input/output stay float32.
 
-    Settings per target CPU (ORT_INT8_TARGETS): reduce_range (7-bit weights) without VNNI, where
-    ORT's AVX2 int8 kernels saturate u8s8 products. Measured on resmini/Fashion-MNIST: agreement with
+    Settings per target CPU (ORT_INT8_TARGETS): uint8 activations (ORT's native x86 int8 path) and
+    reduce_range (7-bit weights) without VNNI, where ORT's AVX2 int8 kernels saturate u8s8 products.
+    Measured (S8S8) on resmini/Fashion-MNIST: agreement with
     Keras 92.8% without it, 99.3% with it (and 99.3% with the QDQ graph simulated in float), so the
     loss was the kernel's, not the quantisation's. `float_layers`: node names kept in float32."""
     if calibration is None:
