@@ -35,7 +35,8 @@ for kind, rep in reports.items():
               f"{max(r['noise_to_signal'] for r in rows):.4f}.", "",
               "| rank | op | output tensor | worst channel noise/std | tensor noise/signal | detail |", "|---:|---|---|---:|---:|---|"]
     for i, r in enumerate(rows[:6], 1):
-        detail = f"rmse/scale {r['rmse_over_scale']:.3f}" if "rmse_over_scale" in r else f"SQNR {r['sqnr_db']:.1f} dB"
+        detail = (f"rmse/scale {r['rmse_over_scale']:.3f}" if "rmse_over_scale" in r
+                  else f"SQNR {r['sqnr_db']:.1f} dB" if r.get("sqnr_db") is not None else "exact")
         lines.append(f"| {i} | {r['op']} | `{r['name'][-60:]}` | {r['channel_noise_to_signal']:.3f} | "
                      f"{r['noise_to_signal']:.4f} | {detail} |")
     lines.append("")
