@@ -28,7 +28,6 @@ import io
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -354,15 +353,6 @@ def inspect(*, run: Path, kind: str, dataset: data_mod.Dataset, samples: int = D
 
 
 # ------------------------------------------------------------------------------ fallback search
-
-@dataclass
-class FallbackResult:
-    float_layers: list[str]
-    holdout: dict
-    trials: list[dict] = field(default_factory=list)
-    ranked: int = 0
-    details: dict = field(default_factory=dict)
-
 
 def _agreement(ref: np.ndarray, out: np.ndarray, labels: np.ndarray) -> dict:
     agree = float(100 * (out.argmax(1) == ref.argmax(1)).mean())
