@@ -36,7 +36,7 @@ class BenchConfig:
     min_runs: int = 20
     min_time: float = 1.0      # seconds of timed calls per (target, batch), at least
     max_time: float = 30.0     # stop after this even if min_runs is not reached
-    threads: int | None = None
+    threads: int | None = None  # None: the machine's physical cores (exporter.cpuinfo), the same for every runner
     device: str = "cpu"
 
     def check(self) -> None:
@@ -48,6 +48,19 @@ class BenchConfig:
 
         if self.device not in DEVICES:
             raise UsageError(f"unknown --device '{self.device}'", hint=f"use {' or '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+
+    def resolved(self) -> "BenchConfig":
+        """The same config with threads made explicit: every runtime gets the same number, never its own default
+        (LiteRT runs 1 thread when given none, ONNX Runtime one per logical CPU)."""
+        if self.threads is not None:
+            return self
+        from dataclasses import replace
+
+        from exporter.cpuinfo import physical_cores
+
+        return replace(self, threads=physical_cores())
 
 
 def latency_stats(seconds: list[float], batch: int) -> dict:
@@ -84,12 +97,10 @@ def time_calls(call: Callable[[np.ndarray], object], images: np.ndarray, batch: 
 
 
 def environment(device: str) -> dict:
-    cpu = platform.processor() or "?"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from exporter.cpuinfo import int8_features, physical_cores
+
+    features = int8_features()
+    cpu = features["model"]
     gpu = None
     if shutil.which("nvidia-smi"):
         try:
@@ -97,7 +108,9 @@ def environment(device: str) -> dict:
                                  text=True, timeout=10).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
             gpu = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "device": device, "python": platform.python_version(),
+    return {"cpu": cpu, "cores": os.cpu_count(), "physical_cores": physical_cores(),
+            "cpu_int8": {"summary": features["summary"], "flags": features["flags"], "isa": features["isa"]},
+            "gpu": gpu, "device": device, "python": platform.python_version(),
             "platform": platform.platform(), "keras_backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
             "versions": mf.library_versions()}
 
@@ -185,6 +198,7 @@ def bench(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = Non
     """Time every target of the run. Writes bench.json (unless write=False). With reuse=True, a
     bench.json made from the same inputs (its inputs_key) is returned as it is, marked "reused"."""
     cfg.check()
+    cfg = cfg.resolved()
     man = mf.read_manifest(run)
     targets = targets_for(run, man, kinds, include_reference)
     env = environment(cfg.device)

@@ -206,6 +206,12 @@ def convert(
                                               "split: images to calibrate int8 on (folder or .npz; never test images)."),
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = flag("--force", help="Replace artifacts made from another model or calibration."),
+    fallback: str = typer.Option("none", "--fallback", help="int8 only: 'auto' keeps the fewest layers in float32 "
+                                 "needed to pass the int8 gate (measured on held-out training images; recorded "
+                                 "as float_layers in the manifest); 'none' quantises every layer."),
+    target_cpu: str = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
+                                   "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
+                                   "AVX2 saturation), or auto (this machine's)."),
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
@@ -226,13 +232,49 @@ def convert(
         run = mf.resolve_run(run)
     ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
-                        unsafe=unsafe, progress=progress(json_out))
+                        unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=progress(json_out))
     rows = convert_rows(mf.read_manifest(run), status)
     if json_out:
         print_json({"run": str(run), "artifacts": rows})
     else:
-        print_table(f"converted {run}", CONVERT_HEADERS, [[r[h] for h in ("kind", "file", "size", "status", "seconds")]
-                                                         for r in rows])
+        print_table(f"converted {run}", CONVERT_HEADERS, [[r["kind"], r["file"], r["size"], r["status"], r["seconds"],
+                                                           str(r.get("float_layers", ""))] for r in rows])
+
+
+# ------------------------------------------------------------------------------ inspect
+
+@app.command(short_help="Per-layer int8 error of an artifact, worst first.")
+@boundary(tensorflow=True)
+def inspect(
+    run: Optional[Path] = RUN_OPT,
+    artifact: str = typer.Option("tflite-int8", "--artifact", "-a", help="tflite-int8 or onnx-int8."),
+    samples: int = typer.Option(200, "--samples", help="Held-out training images to measure on (never test images)."),
+    top: int = typer.Option(15, "--top", help="Rows to show (the JSON has every layer)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    unsafe: bool = UNSAFE_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Per-layer quantisation error of an int8 artifact, worst first: each layer's int8 output against
+    the same layer in float on the same input (TFLite QuantizationDebugger; ONNX Runtime's QDQ debug
+    tools), re-made with the run's own converter settings and calibration set."""
+    from exporter import manifest as mf
+    from exporter.errors import UsageError
+    from exporter.inspect import inspect as inspect_fn
+    from exporter.report import INSPECT_HEADERS, inspect_rows
+
+    run = mf.resolve_run(run)
+    if samples <= 0:
+        raise UsageError(f"--samples must be positive, got {samples}")
+    report = inspect_fn(run=run, kind=artifact, dataset=_run_dataset(run, data_dir), samples=samples, unsafe=unsafe,
+                        progress=progress(json_out))
+    if json_out:
+        print_json(report)
+        return
+    print_table(f"{artifact}: the {min(top, report['count'])} of {report['count']} quantised layers that lose most "
+                f"({report['images']['count']} held-out training images)", INSPECT_HEADERS,
+                inspect_rows(report, top), left=("#", "op", "output tensor", "detail", "float now"))
+    if report.get("fallback") == "auto":
+        note(f"{len(report['float_layers'])} layer(s) kept in float by --fallback auto")
 
 
 # ------------------------------------------------------------------------------ validate
@@ -298,7 +340,8 @@ def bench(
     device: str = typer.Option("cpu", "--device", help="cpu or gpu. On gpu, targets without a GPU path are "
                                "listed as skipped with the reason (never timed on the CPU instead)."),
     batch: str = typer.Option("1,8,64", "--batch", help="Batch sizes, comma-separated."),
-    threads: Optional[int] = THREADS_OPT,
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads, the same for every runtime "
+                                          "(default: this machine's physical cores; recorded per row)."),
     warmup: int = typer.Option(5, "--warmup", help="Untimed calls before timing."),
     min_runs: int = typer.Option(20, "--min-runs", help="Timed calls per target and batch, at least."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per target and batch, at least."),
@@ -324,7 +367,8 @@ def bench(
         print_json(report)
         return
     env = report["environment"]
-    print_table(f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores)"
+    print_table(f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores, int8 ISA: "
+                f"{env['cpu_int8']['summary']})"
                 + (f", GPU {env['gpu']}" if env.get("gpu") else ""), BENCH_HEADERS, bench_rows(report))
 
 

@@ -124,15 +124,31 @@ LABELS_FILE = "labels.txt"
 PREPROCESSING_FILE = "preprocessing.json"
 
 
+FALLBACK_CHOICES = ("none", "auto")
+
+
+def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str) -> dict:
+    """What, besides model and calibration, an int8 artifact was made with (compared by _up_to_date)."""
+    if not kind.needs_calibration:
+        return {}
+    key = {"fallback": fallback}
+    if kind.family == "onnx":
+        from exporter.export.onnx import int8_target
+
+        key["target_cpu"] = {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}
+    return key
+
+
 CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
 
 
-def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration, deploy: dict) -> dict:
+def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration, deploy: dict, int8: dict) -> dict:
     """What one artifact depends on: the stage key's inputs (the model, the preprocessing and class
-    names it carries, the calibration set for int8, the converters' versions)."""
+    names it carries, the calibration set and int8 settings (--fallback, --target-cpu) for int8, the
+    converters' versions)."""
     return {"kind": kind.name, "model_sha256": source_sha, "deployment": deploy,
             "calibration": calibration.describe() if kind.needs_calibration and calibration else None,
-            "converters": mf.library_versions(CONVERTER_PACKAGES)}
+            "int8": int8, "converters": mf.library_versions(CONVERTER_PACKAGES)}
 
 
 def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, key: str) -> bool:
@@ -142,12 +158,19 @@ def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, key: 
 
 def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
             calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
-            progress: Progress = NULL) -> dict:
+            fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL) -> dict:
     """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
+
+    int8 kinds: `fallback` 'auto' keeps the fewest layers in float32 that make the artifact pass its
+    gate on a held-out training slice (exporter.inspect.fallback_search; recorded as float_layers);
+    `target_cpu` (auto|vnni|avx2) picks ONNX Runtime's int8 settings (export/onnx.ORT_INT8_TARGETS).
 
     Existing artifacts made from the same model (and calibration) are kept; ones made from something
     else are replaced only with force. Each artifact is written atomically and the manifest updated
     after each, so an interruption keeps everything finished so far consistent."""
+    if fallback not in FALLBACK_CHOICES:
+        raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
+    int8_keys = {k.name: _int8_key(k, fallback, target_cpu) for k in kinds}  # also checks --target-cpu
     man = mf.read_manifest(run)
     ref_path = run / man["model"]["file"]
     source_sha = sha256_path(ref_path)
@@ -164,7 +187,8 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
         mf.write_manifest(run, man)
     deploy = deployment_info(pp, dataset.class_names)
     write_deployment_files(run, deploy)
-    keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy)) for kind in kinds}
+    keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy, int8_keys[kind.name]))
+            for kind in kinds}
 
     status: dict[str, str] = {}
     conflicts = []
@@ -176,7 +200,8 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
             conflicts.append(kind.filename)
     if conflicts:
         raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
-                                "current model and calibration", hint="pass --force to replace them")
+                                "current model, calibration and int8 settings (--fallback, --target-cpu)",
+                                hint="pass --force to replace them")
     todo = [k for k in kinds if k.name not in status]
     if not todo:
         return status
@@ -198,7 +223,16 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                 task.describe(kind.name)
                 out = run / kind.filename
                 start = time.perf_counter()
-                details = kind.load_exporter()(source, out, calibration if kind.needs_calibration else None)
+                if kind.needs_calibration and fallback == "auto":
+                    from exporter.inspect import fallback_search
+
+                    details = fallback_search(kind=kind, source=source, out=out, calibration=calibration,
+                                              dataset=dataset, man=man, target_cpu=target_cpu)
+                elif kind.needs_calibration:
+                    details = {"fallback": "none", "float_layers": [],
+                               **kind.load_exporter()(source, out, calibration, target_cpu=target_cpu)}
+                else:
+                    details = kind.load_exporter()(source, out, None)
                 if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic
                     from exporter.export.onnx import write_metadata
 

@@ -529,3 +529,15 @@ def scaled_builtin(ds: Dataset, pp) -> Dataset:
                          hint="built-in datasets are not resized; pass the matching --data")
     return Dataset(ds.name, pp.scale_unit(ds.x_train), ds.y_train, pp.scale_unit(ds.x_test), ds.y_test,
                    ds.class_names, ds.source, ds.subset, {}, pp)
+
+
+def holdout_set(ds: Dataset, n: int, *, exclude=(), seed: int = 3) -> Calibration:
+    """A stratified slice of the TRAINING split, disjoint from `exclude` (indices into ds.x_train:
+    the calibration set, the images a model was trained on): where int8 choices are measured, so the
+    test set stays unseen until validation. Falls back to the non-excluded images if fewer than n are left."""
+    keep = np.setdiff1d(np.arange(len(ds.y_train)), np.asarray(list(exclude), dtype=np.int64))
+    if len(keep) == 0:
+        raise UsageError("no training images are left outside the calibration and training subsets",
+                         hint="use fewer --calib-samples")
+    idx = keep[stratified_indices(ds.y_train[keep], min(n, len(keep)), seed=seed)]
+    return Calibration(ds.x_train[idx], idx, indices_hash(idx))

@@ -59,6 +59,8 @@ def build_table(run: Path) -> dict:
     return {"run": str(run), "model": man["model"].get("name"), "dataset": man["dataset"].get("name"),
             "test_samples": (val or {}).get("dataset", {}).get("samples"),
             "environment": (bench or {}).get("environment"), "rows": rows,
+            "bench_rows": [{"target": r["target"], "batch": r["batch"], "threads": r.get("threads")}
+                           for r in (bench or {}).get("results", [])],
             "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", []),
             "output": (val or {}).get("reference", {}).get("output", man["model"].get("output")),
             "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", [])}
@@ -93,16 +95,33 @@ def summary_rows(table: dict, *, bold_fail: bool = False) -> list[list[str]]:
     return rows
 
 
-CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds"]
+CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds", "float layers"]
 
 
 def convert_rows(man: dict, status: dict[str, str]) -> list[dict]:
-    """One row per kind convert was asked for: its file, size, and whether it was written or kept."""
+    """One row per kind convert was asked for: its file, size, whether it was written or kept, and
+    for an int8 artifact made with --fallback auto how many layers stayed float."""
     rows = []
     for kind, st in status.items():
         a = man["artifacts"][kind]
         rows.append({"kind": kind, "status": st, "file": a["file"], "bytes": a["bytes"],
-                     "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}"})
+                     "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}",
+                     **({"float_layers": len(a.get("float_layers") or [])} if a.get("fallback") == "auto" else {})})
+    return rows
+
+
+INSPECT_HEADERS = ["#", "op", "output tensor", "worst channel noise/std", "tensor noise/signal", "detail", "float now"]
+
+
+def inspect_rows(report: dict, top: int) -> list[list[str]]:
+    """exporter.inspect's per-layer table as strings, worst first."""
+    rows = []
+    for i, r in enumerate(report["layers"][:top], 1):
+        detail = (f"rmse/scale {r['rmse_over_scale']:.3f}" if "rmse_over_scale" in r
+                  else f"SQNR {r['sqnr_db']:.1f} dB" if r.get("sqnr_db") is not None else "")
+        name = r["name"] if len(r["name"]) <= 70 else "…" + r["name"][-69:]
+        rows.append([str(i), r["op"], name, f"{r['channel_noise_to_signal']:.4f}", f"{r['noise_to_signal']:.4f}",
+                     detail, "yes" if r.get("float_in_artifact") else ""])
     return rows
 
 
@@ -139,6 +158,16 @@ def bench_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+def _cpu_lines(env: dict, table: dict) -> list[str]:
+    """The CPU's int8-relevant instruction sets and the threads every runtime got (from bench.json)."""
+    if not env:
+        return []
+    int8 = (env.get("cpu_int8") or {}).get("summary", "not recorded")
+    threads = sorted({r.get("threads") for r in table.get("bench_rows", []) if r.get("threads") is not None})
+    return [f"CPU instruction sets for int8: **{int8}**. Threads per runtime: "
+            f"{', '.join(map(str, threads)) or 'not recorded'} (physical cores: {env.get('physical_cores', '?')}).", ""]
+
+
 def render_markdown(table: dict) -> str:
     env = table.get("environment") or {}
     lines = [f"# resexport report: {table['model']} on {table['dataset']}", "",
@@ -148,7 +177,7 @@ def render_markdown(table: dict) -> str:
              "reference row: Keras' compiled `predict_on_batch` against its own `model.predict`). "
              f"The model outputs {table.get('output') or '?'}; differences are taken between probabilities. "
              "'batch diff' is the largest output difference between the same images run one at a time, in a "
-             "batch, and in that batch shuffled (the batch-invariance check).", ""]
+             "batch, and in that batch shuffled (the batch-invariance check).", "", *_cpu_lines(env, table)]
     lines += [f"> **Warning:** {w}" for w in table.get("warnings", [])] + ([""] if table.get("warnings") else [])
     lines += ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(table, bold_fail=True)]

@@ -305,6 +305,8 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         results.append({"kind": name, "file": entry["file"], "bytes": entry.get("bytes"), **metrics,
                         "matches_manifest_sha256": unchanged,
                         "gates": asdict(gates), "passed": not failures, "failures": failures,
+                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most"}
+                           if failures and kind.needs_calibration else {}),
                         "seconds": round(seconds, 2), "runner": runner.info})
         runner.close()
     near_ties = compare(ref, ref, y, dataset.class_names, convention)["near_ties_percent"]
@@ -339,4 +341,5 @@ def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
 
 
 def failure_summary(report: dict) -> str:
-    return "; ".join(f"{r['kind']}: {', '.join(r['failures'])}" for r in report["artifacts"] if not r["passed"])
+    return "; ".join(f"{r['kind']}: {', '.join(r['failures'])}" + (f" ({r['hint']})" if r.get("hint") else "")
+                     for r in report["artifacts"] if not r["passed"])

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from exporter.bench import BenchConfig, bench, latency_stats, time_calls
 from exporter.cli import app
+from exporter.cpuinfo import has_vnni, int8_features, physical_cores
 from exporter.errors import MissingRuntimeError
 from exporter.runtimes.onnx import choose_providers
 from tests.conftest import BLOCK_TF
@@ -79,6 +80,69 @@ def test_bench_json_schema(converted_run, fmnist_small):
     env = rep["environment"]
     assert env["cores"] >= 1 and env["cpu"] and "onnxruntime" in env["versions"]
     assert rep["skipped"] == []
+    # threads are explicit and the same for every runner: the machine's physical cores by default
+    runtimes = [r for r in rep["results"] if r["engine"] != "keras"]
+    assert {r["threads"] for r in runtimes} == {physical_cores()} == {rep["config"]["threads"]}
+    # Keras: TensorFlow takes a thread count only before it starts; the row says what it really uses
+    assert all(isinstance(r["threads"], int) and r["threads"] >= 1 for r in rep["results"] if r["engine"] == "keras")
+    assert env["physical_cores"] == physical_cores() and "AVX2" in env["cpu_int8"]["isa"]
+
+
+def test_bench_threads_flag_reaches_every_runner(converted_run, fmnist_small):
+    cfg = BenchConfig(batches=(1,), warmup=0, min_runs=1, min_time=0.0, threads=1)
+    rep = bench(run=converted_run, dataset=fmnist_small, cfg=cfg, kinds=["tflite-fp32", "onnx-fp32"],
+                include_reference=False, write=False)
+    assert [r["threads"] for r in rep["results"]] == [1, 1]
+    assert rep["results"][0]["provider"].startswith("XNNPACK")
+
+
+FAKE_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Fake Xeon
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+
+processor\t: 1
+model name\t: Fake Xeon
+physical id\t: 0
+core id\t\t: 0
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+
+processor\t: 2
+model name\t: Fake Xeon
+physical id\t: 0
+core id\t\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+
+processor\t: 3
+model name\t: Fake Xeon
+physical id\t: 1
+core id\t\t: 1
+flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+"""
+
+
+def test_cpu_flags_and_physical_cores_from_a_fake_cpuinfo():
+    f = int8_features(FAKE_CPUINFO)
+    assert f["model"] == "Fake Xeon"
+    assert f["isa"] == {"AVX2": True, "AVX-512": True, "VNNI": True, "AMX": True, "NEON": False, "dotprod": False,
+                        "i8mm": False}
+    assert f["flags"] == ["amx_int8", "amx_tile", "avx2", "avx512_vnni", "avx512bw", "avx512f", "avx512vl"]
+    assert "no VNNI" not in f["summary"]
+    # hyper-threads 0/1 share core (0, 0); cpu 3 is another package's core 1
+    assert physical_cores(FAKE_CPUINFO, allowed={0, 1, 2, 3}) == 3
+    assert physical_cores(FAKE_CPUINFO, allowed={0, 1}) == 1
+    assert physical_cores("", allowed={0, 5}) == 2  # no cpuinfo: the CPUs we may use
+    avx2_only = FAKE_CPUINFO.replace(" avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8", "")
+    g = int8_features(avx2_only)
+    assert g["isa"]["AVX2"] and not g["isa"]["VNNI"] and not g["isa"]["AVX-512"] and g["summary"] == "AVX2, no VNNI"
+    assert not has_vnni(avx2_only) and has_vnni(FAKE_CPUINFO)
+    partial = FAKE_CPUINFO.replace(" avx512bw", "")  # AVX-512 needs f, bw and vl
+    assert not int8_features(partial)["isa"]["AVX-512"]
+    arm = "processor\t: 0\nFeatures\t: fp asimd asimddp i8mm\nCPU part\t: 0xd0c\n"
+    a = int8_features(arm)
+    assert a["isa"]["NEON"] and a["isa"]["dotprod"] and a["isa"]["i8mm"] and not a["isa"]["AVX2"]
 
 
 def test_gpu_without_a_gpu_is_a_clear_error(converted_run):
@@ -114,3 +178,16 @@ def test_bench_on_an_edge_box_without_tensorflow(converted_run):
     rep = json.loads(proc.stdout)
     assert {r["target"] for r in rep["results"]} == {"tflite-fp32", "onnx-int8"}
     assert {s["target"] for s in rep["skipped"]} == {"keras (predict)", "keras (compiled)"}
+
+
+def test_report_header_names_int8_instruction_sets_and_threads():
+    from exporter.report import render_markdown
+
+    table = {"model": "m", "dataset": "d", "run": "r", "test_samples": 10, "rows": [], "skipped": [],
+             "environment": {"cpu": "Fake", "cores": 4, "physical_cores": 2, "device": "cpu",
+                             "cpu_int8": {"summary": "AVX2, no VNNI"}},
+             "bench_rows": [{"target": "tflite-fp32", "batch": 1, "threads": 2},
+                            {"target": "onnx-fp32", "batch": 1, "threads": 2}]}
+    md = render_markdown(table)
+    assert "CPU instruction sets for int8: **AVX2, no VNNI**" in md
+    assert "Threads per runtime: 2 (physical cores: 2)" in md

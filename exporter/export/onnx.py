@@ -121,19 +121,51 @@ def export_fp16(source: ExportSource, out: Path, calibration=None) -> dict:
     return _details(start, converter="onnxruntime.transformers.float16 (keep_io_types)")
 
 
-def export_int8(source: ExportSource, out: Path, calibration=None) -> dict:
-    """ONNX Runtime static quantisation: QDQ format, per-channel int8 weights, int8 activations
-    calibrated (MinMax) on the same training-split subset as TFLite int8. Input/output stay float32.
+# ONNX Runtime int8 settings per target CPU (`convert --target-cpu`). ORT's x86 int8 GEMM is u8 x s8:
+# uint8 activations (QUInt8, "U8S8") are its native input; int8 activations (S8S8) cost a conversion
+# and, on AVX2, a slower kernel. Without VNNI the u8 x s8 products are summed in pairs into int16
+# (vpmaddubsw), which saturates with full-range weights; 7-bit weights (reduce_range) cannot.
+# Measured on an AVX2 CPU without VNNI (benchmarks/results/ort_int8_settings.md): U8S8 +
+# reduce_range is as accurate as S8S8 + reduce_range (the old default) and markedly faster; without
+# reduce_range both lose ~4 points of agreement on plain12 to saturation. With VNNI (vpdpbusd,
+# int32 accumulation) nothing saturates, so full-range weights: not measured here (no VNNI machine).
+ORT_INT8_TARGETS = {
+    "avx2": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": True, "per_channel": True},
+    "vnni": {"activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": False, "per_channel": True},
+}
+TARGET_CPU_CHOICES = ("auto", "vnni", "avx2")
 
-    reduce_range (7-bit weights) is on: ONNX Runtime's fused int8 kernels on x86 CPUs without VNNI
-    (AVX2 only, like our CI machine) saturate u8s8 products. Measured on resmini/Fashion-MNIST:
-    agreement with Keras 92.8% without it, 99.3% with it (and 99.3% with the QDQ graph simulated
-    in float), so the loss was the kernel's, not the quantisation's."""
-    if calibration is None:
-        raise UsageError("onnx-int8 needs a calibration set")
-    start = time.perf_counter()
+
+def int8_target(target_cpu: str = "auto") -> dict:
+    """The ORT int8 settings for --target-cpu (auto: the CPU converting, by its /proc/cpuinfo flags)."""
+    if target_cpu not in TARGET_CPU_CHOICES:
+        raise UsageError(f"unknown --target-cpu '{target_cpu}'", hint=f"choose one of: {', '.join(TARGET_CPU_CHOICES)}")
+    detected = None
+    if target_cpu == "auto":
+        from exporter.cpuinfo import has_vnni
+
+        detected = "vnni" if has_vnni() else "avx2"
+    name = detected or target_cpu
+    return {"target_cpu": name, "requested": target_cpu, **ORT_INT8_TARGETS[name]}
+
+
+def prepare_for_int8(source: ExportSource, folder: Path) -> Path:
+    """The float graph as ONNX Runtime's quantiser sees it: ORT's recommended pre-processing (shape
+    inference + graph optimisation). Node and tensor names of the int8 graph come from this one."""
+    fp32 = Path(folder) / "fp32.onnx"
+    fp32.write_bytes(onnx_fp32_proto(source).SerializeToString())
+    prepared = Path(folder) / "prep.onnx"
+    try:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    except Exception as exc:
+        raise ResexportError(f"ONNX int8 pre-processing failed: {type(exc).__name__}: {exc}") from exc
+    return prepared
+
+
+def calibration_reader(images: np.ndarray):
     q = require("onnxruntime.quantization", extra="onnx", purpose="ONNX int8 export")
-    images = np.asarray(calibration.x, dtype=np.float32)
 
     class Reader(q.CalibrationDataReader):
         def __init__(self):
@@ -143,25 +175,52 @@ def export_int8(source: ExportSource, out: Path, calibration=None) -> dict:
             i = next(self._it, None)
             return None if i is None else {INPUT_NAME: images[i: i + 32]}
 
+        def rewind(self):
+            self._it = iter(range(0, len(images), 32))
+
+    return Reader()
+
+
+def quantize_prepared(prepared: Path, out: Path, calibration, *, target: dict, float_layers=()) -> None:
+    """ORT static quantisation of a prepared graph into `out` (a plain path, not atomic), keeping the
+    nodes named in `float_layers` in float32 (nodes_to_exclude)."""
+    q = require("onnxruntime.quantization", extra="onnx", purpose="ONNX int8 export")
+    images = np.asarray(calibration.x, dtype=np.float32)
+    try:
+        q.quantize_static(str(prepared), str(out), calibration_reader(images), quant_format=q.QuantFormat.QDQ,
+                          per_channel=target["per_channel"],
+                          activation_type=getattr(q.QuantType, target["activation_type"]),
+                          weight_type=getattr(q.QuantType, target["weight_type"]),
+                          reduce_range=target["reduce_range"], calibrate_method=q.CalibrationMethod.MinMax,
+                          nodes_to_exclude=list(float_layers) or None,
+                          extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+    except Exception as exc:
+        raise ResexportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
+
+
+def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=None, target_cpu="auto") -> dict:
+    """ONNX Runtime static quantisation: QDQ format, per-channel int8 weights, 8-bit activations
+    calibrated (MinMax) on the same training-split subset as TFLite int8. Input/output stay float32.
+
+    Settings per target CPU (ORT_INT8_TARGETS): uint8 activations (ORT's native x86 int8 path) and
+    reduce_range (7-bit weights) without VNNI, where ORT's AVX2 int8 kernels saturate u8s8 products.
+    Measured (S8S8) on resmini/Fashion-MNIST: agreement with
+    Keras 92.8% without it, 99.3% with it (and 99.3% with the QDQ graph simulated in float), so the
+    loss was the kernel's, not the quantisation's. `float_layers`: node names kept in float32."""
+    if calibration is None:
+        raise UsageError("onnx-int8 needs a calibration set")
+    start = time.perf_counter()
+    target = int8_target(target_cpu)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="resexport-q-") as tmpdir:
-        fp32 = Path(tmpdir) / "fp32.onnx"
-        fp32.write_bytes(onnx_fp32_proto(source).SerializeToString())
-        prepared, q8 = Path(tmpdir) / "prep.onnx", Path(tmpdir) / "int8.onnx"
-        try:
-            # ORT's recommended pre-processing (shape inference + graph optimisation) before quantising
-            from onnxruntime.quantization.shape_inference import quant_pre_process
-
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            q.quantize_static(str(prepared), str(q8), Reader(), quant_format=q.QuantFormat.QDQ, per_channel=True,
-                              activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
-                              reduce_range=True, calibrate_method=q.CalibrationMethod.MinMax,
-                              extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        except Exception as exc:
-            raise ResexportError(f"ONNX int8 quantisation failed: {type(exc).__name__}: {exc}") from exc
+        prepared = prepare_for_int8(source, Path(tmpdir))
+        q8 = Path(tmpdir) / "int8.onnx"
+        quantize_prepared(prepared, q8, calibration, target=target, float_layers=float_layers or ())
         onnx = require("onnx", extra="onnx", purpose="ONNX export")
         proto = onnx.load(str(q8))
     proto.doc_string = ""
     _write(proto, out)
-    return _details(start, converter="onnxruntime.quantization.quantize_static (QDQ, per-channel, reduce_range, MinMax)")
+    settings = ", ".join(f"{k}={v}" for k, v in target.items() if k not in ("requested",))
+    return _details(start, converter=f"onnxruntime.quantization.quantize_static (QDQ, MinMax, {settings})",
+                    target_cpu=target)

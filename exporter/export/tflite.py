@@ -47,22 +47,89 @@ def export_dynamic(source: ExportSource, out: Path, calibration=None) -> dict:
     return _convert(source, out, lambda tf, c: setattr(c, "optimizations", [tf.lite.Optimize.DEFAULT]))
 
 
-def export_int8(source: ExportSource, out: Path, calibration=None) -> dict:
-    """Full integer: every op int8, input and output int8 (the runner quantises/dequantises with
-    the parameters stored in the file). Calibrated on the training-split calibration subset."""
-    if calibration is None:
-        raise UsageError("tflite-int8 needs a calibration set")
-    images = np.asarray(calibration.x, dtype=np.float32)
-
-    def representative():
+def _representative(images: np.ndarray):
+    def gen():
         for i in range(len(images)):
             yield [images[i: i + 1]]
 
-    def configure(tf, c):
-        c.optimizations = [tf.lite.Optimize.DEFAULT]
-        c.representative_dataset = representative
-        c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        c.inference_input_type = tf.int8
-        c.inference_output_type = tf.int8
+    return gen
 
-    return _convert(source, out, configure)
+
+def _configure_int8(tf, c, images: np.ndarray) -> None:
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = _representative(images)
+    c.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    c.inference_input_type = tf.int8
+    c.inference_output_type = tf.int8
+
+
+def int8_converter(source: ExportSource, calibration):
+    """The converter export_int8 uses, configured and not yet run: the one place its settings live
+    (exporter.inspect debugs exactly this converter)."""
+    if calibration is None:
+        raise UsageError("tflite-int8 needs a calibration set")
+    tf = tensorflow()
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir()))
+    _configure_int8(tf, converter, np.asarray(calibration.x, dtype=np.float32))
+    return converter
+
+
+def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=None, **_) -> dict:
+    """Full integer: every op int8, input and output int8 (the runner quantises/dequantises with
+    the parameters stored in the file). Calibrated on the training-split calibration subset.
+
+    `float_layers`: output tensor names of ops to keep in float32 (selective quantisation, chosen by
+    exporter.inspect.fallback_search); see quantize_calibrated."""
+    if calibration is None:
+        raise UsageError("tflite-int8 needs a calibration set")
+    if float_layers:
+        start = time.perf_counter()
+        blob = quantize_calibrated(calibrate_only(source, calibration), float_layers)
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(blob)
+        return {"converter": "tf.lite.TFLiteConverter.from_saved_model (calibrate only) + mlir_quantize "
+                             "(denylisted_nodes)", "seconds": round(time.perf_counter() - start, 2)}
+    images = np.asarray(calibration.x, dtype=np.float32)
+    return _convert(source, out, lambda tf, c: _configure_int8(tf, c, images))
+
+
+def calibrate_only(source: ExportSource, calibration) -> bytes:
+    """The float model with calibration statistics, before quantisation: what QuantizationDebugger
+    starts from (its converter is export_int8's, with `_experimental_calibrate_only`)."""
+    converter = int8_converter(source, calibration)
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    try:
+        return converter.convert()
+    except Exception as exc:
+        raise ResexportError(f"TFLite calibration of {source.path} failed: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
+
+
+def quantize_calibrated(calibrated: bytes, float_layers) -> bytes:
+    """Quantise a calibrated model keeping the ops whose output tensors are `float_layers` in float32,
+    with int8 input and output like export_int8.
+
+    QuantizationDebugger.get_nondebug_quantized_model() does the same selective quantisation
+    (denylisted_nodes) but with float32 input/output: it calls mlir_quantize without I/O types.
+    We call the same function with them, so the artifact keeps tflite-int8's int8 interface."""
+    tf = tensorflow()
+    from tensorflow.lite.python import convert as tfl_convert
+
+    try:
+        return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=True,
+                                         input_data_type=tf.int8, output_data_type=tf.int8,
+                                         denylisted_nodes=list(float_layers) or None)
+    except Exception as exc:
+        raise ResexportError(f"TFLite selective quantisation failed: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
+
+
+def quantize_debug_model(calibrated: bytes) -> bytes:
+    """The calibrated model quantised with NumericVerify ops after each quantised op (float I/O):
+    what QuantizationDebugger.get_debug_quantized_model() returns for export_int8's converter."""
+    tensorflow()
+    from tensorflow.lite.python import convert as tfl_convert
+
+    return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                     enable_numeric_verify=True)

@@ -108,20 +108,37 @@ def _declared(model, attr: str):
     return tuple(shape) if shape is not None else None
 
 
+def _tensorflow_threads(threads: int | None) -> int | None:
+    """Ask TensorFlow for `threads` intra-op threads (possible only before its runtime starts) and
+    return the count it actually uses (its default, 0, means one per logical CPU). None on other backends."""
+    import os
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return None
+    with contextlib.suppress(RuntimeError, AttributeError):  # RuntimeError: already initialised
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+    with contextlib.suppress(AttributeError):
+        return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+    return None
+
+
 class KerasRunner(Runner):
     """mode 'compiled' calls model.predict_on_batch (the backend's compiled predict function);
     mode 'predict' calls model.predict (what users often write: data adapter + callbacks each call)."""
 
     engine = "keras"
 
-    def __init__(self, path, model, *, device, mode):
+    def __init__(self, path, model, *, device, mode, threads=None):
         import keras
 
         self.model, self.mode = model, mode
         self._scope = "gpu:0" if device == "gpu" else "cpu:0"
         super().__init__(path, device=device, info={
             "backend": keras.backend.backend(), "provider": f"keras-{keras.backend.backend()} ({self._scope})",
-            "precision": "float32", "mode": mode, "threads": None})
+            "precision": "float32", "mode": mode, "threads": _tensorflow_threads(threads)})
 
     @classmethod
     def load(cls, path, *, device="cpu", threads=None, mode="compiled", unsafe=False, **_):
@@ -131,7 +148,7 @@ class KerasRunner(Runner):
             if name is None:
                 raise MissingRuntimeError(f"--device gpu: Keras backend '{keras.backend.backend()}' sees no GPU here",
                                           hint="run on a machine with a GPU (e.g. KERAS_BACKEND=jax with jax[cuda])")
-        return cls(path, load_keras_model(Path(path), unsafe=unsafe), device=device, mode=mode)
+        return cls(path, load_keras_model(Path(path), unsafe=unsafe), device=device, mode=mode, threads=threads)
 
     @property
     def input_shape(self):
