@@ -100,7 +100,8 @@ def calibrate_only(source: ExportSource, calibration) -> bytes:
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True
     try:
-        return converter.convert()
+        with native_stderr_hidden():
+            return converter.convert()
     except Exception as exc:
         raise ResexportError(f"TFLite calibration of {source.path} failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
@@ -117,9 +118,10 @@ def quantize_calibrated(calibrated: bytes, float_layers) -> bytes:
     from tensorflow.lite.python import convert as tfl_convert
 
     try:
-        return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=True,
-                                         input_data_type=tf.int8, output_data_type=tf.int8,
-                                         denylisted_nodes=list(float_layers) or None)
+        with native_stderr_hidden():  # mlir_quantize prints "fully_quantize: 1, inference_type: 6, ..." to fd 2
+            return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=True,
+                                             input_data_type=tf.int8, output_data_type=tf.int8,
+                                             denylisted_nodes=list(float_layers) or None)
     except Exception as exc:
         raise ResexportError(f"TFLite selective quantisation failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
@@ -131,5 +133,6 @@ def quantize_debug_model(calibrated: bytes) -> bytes:
     tensorflow()
     from tensorflow.lite.python import convert as tfl_convert
 
-    return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
-                                     enable_numeric_verify=True)
+    with native_stderr_hidden():
+        return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
+                                         enable_numeric_verify=True)
