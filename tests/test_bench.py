@@ -96,31 +96,15 @@ def test_bench_threads_flag_reaches_every_runner(converted_run, fmnist_small):
     assert rep["results"][0]["provider"].startswith("XNNPACK")
 
 
-FAKE_CPUINFO = """processor\t: 0
-vendor_id\t: GenuineIntel
-model name\t: Fake Xeon
-physical id\t: 0
-core id\t\t: 0
-flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
+def _fake_cpuinfo(cpus: list[tuple[int, int]]) -> str:
+    """A /proc/cpuinfo with one entry per (physical id, core id), every CPU with the same flags."""
+    flags = "fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8"
+    return "\n".join(f"processor\t: {i}\nmodel name\t: Fake Xeon\nphysical id\t: {pkg}\ncore id\t\t: {core}\n"
+                     f"flags\t\t: {flags}\n" for i, (pkg, core) in enumerate(cpus))
 
-processor\t: 1
-model name\t: Fake Xeon
-physical id\t: 0
-core id\t\t: 0
-flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
 
-processor\t: 2
-model name\t: Fake Xeon
-physical id\t: 0
-core id\t\t: 1
-flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
-
-processor\t: 3
-model name\t: Fake Xeon
-physical id\t: 1
-core id\t\t: 1
-flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8
-"""
+# cpus 0 and 1 are hyper-threads of package 0's core 0; cpu 3 is package 1's core 1
+FAKE_CPUINFO = _fake_cpuinfo([(0, 0), (0, 0), (0, 1), (1, 1)])
 
 
 def test_cpu_flags_and_physical_cores_from_a_fake_cpuinfo():
