@@ -14,10 +14,8 @@ Usage: python benchmarks/ort_int8_settings.py   (after int8_speed.py; needs arti
 made by int8_fallback.py)   ~6 min on 2 cores"""
 
 import collections
-import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

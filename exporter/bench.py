@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 
 from exporter import data as data_mod
-from exporter import formats
 from exporter import manifest as mf
 from exporter.errors import MissingRuntimeError, UsageError
 from exporter.fsutil import write_json_atomic
@@ -125,10 +124,6 @@ class Target:
     kind: str
     path: Path
     mode: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str | None]:
-        return (self.kind, self.mode)
 
     @property
     def label(self) -> str:

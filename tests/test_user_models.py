@@ -9,7 +9,6 @@ batch 64 against `model(x, training=False)`."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest

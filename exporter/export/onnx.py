@@ -9,7 +9,6 @@ in the graph, which makes the same model give byte-identical files. Input 'image
 
 from __future__ import annotations
 
-import io
 import time
 from pathlib import Path
 

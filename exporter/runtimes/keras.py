@@ -8,7 +8,6 @@ import re
 import zipfile
 from pathlib import Path
 
-import numpy as np
 
 from exporter.errors import InputError, MissingRuntimeError, ModelFileError, require
 from exporter.runtimes.base import Runner, check_file

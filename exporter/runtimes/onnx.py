@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
 from exporter.runtimes.base import Runner, check_file
