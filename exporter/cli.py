@@ -75,7 +75,7 @@ MODELS_HELP = ("Registry model: resmini (the CPU default), plain12/20/32/50 and 
 
 
 def _run_dataset(run: Path, data_dir, test_limit=None, data=None):
-    from exporter.rundata import open_for_run
+    from exporter.data.select import open_for_run
 
     return open_for_run(run, data=data, data_dir=data_dir, test_limit=test_limit)
 
@@ -154,7 +154,7 @@ def train(
     from exporter import manifest as mf
     from exporter.errors import UsageError
     from exporter.models import spec
-    from exporter.rundata import open_data
+    from exporter.data.select import open_data
     from exporter.train import resolve_recipe, train as train_fn
 
     dataset = dataset or spec(model).dataset

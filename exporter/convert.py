@@ -33,9 +33,10 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     The model is checked (loads, fits the dataset) before anything is written, then copied in.
 
     The data is `dataset`, or opened from `data` (a built-in name, an image folder or an .npz) with
-    the preprocessing the model needs: its input size and channels, and `scale`. That preprocessing
+    the preprocessing the model needs (exporter.data.preprocessing.decide: its input size, channels and
+    rank; `scale`, else what a Rescaling/Normalization layer at its input expects). That preprocessing
     is recorded in the manifest and used by every later stage."""
-    from exporter import rundata
+    from exporter.data import select
     from exporter.train import staged_run
 
     model_path = Path(model_path)
@@ -46,18 +47,18 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
         raise UsageError(f"--model takes a .keras, .h5 or SavedModel folder, not a {row.family} artifact",
                          hint="to check an exported file, use `resexport validate`")
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
+    keras_model = getattr(reference, "model", None)
     if dataset is None:
-        builtin = data is None or data_mod.is_builtin_name(str(data))
-        pp = None if builtin and scale in (None, "unit") else \
-            rundata.model_preprocessing(reference.input_shape, scale, model_path)  # built-ins as before unless scaled
-        dataset = rundata.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data)
-    pp = dataset.preprocessing or rundata.model_preprocessing(dataset.input_shape, "unit", model_path)
+        source = select.open_source(data, test_split=test_split)  # the user's images, scanned once
+        pp = select.for_model(reference.input_shape, scale=scale, model=keras_model, data=data, source=source,
+                              where=str(model_path))
+        dataset = select.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data,
+                                   source=source)
+    pp = dataset.preprocessing or select.for_model(reference.input_shape or dataset.input_shape, scale=None,
+                                                   model=keras_model, data=dataset.name, where=str(model_path))
     reference.check_fits(dataset.input_shape, dataset.num_classes)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
         check_weights_finite(reference.model, model_path)
-        if scale is not None and scale != "raw" and _has_rescaling(reference.model):
-            log.warning("%s already has a Rescaling layer and --scale %s scales its inputs too: they are scaled "
-                        "twice (pass --scale raw if the model expects 0..255 pixels)", model_path, scale)
     output, detected_by = _detect_output(getattr(reference, "model", None), reference, dataset)
     batch = batch_invariance(reference, dataset, batch_size=64, convention=output,
                              tolerance=REFERENCE_BATCH_TOLERANCE)
@@ -90,16 +91,6 @@ def _detect_output(model, runner, dataset) -> tuple[str, str]:
     else the values it gives on a few test images."""
     sample = runner.predict(dataset.x_test[batch_sample(dataset)[:64]])
     return outputs.detect(model, sample) if model is not None else outputs.detect_from_values(sample)
-
-
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _walk_layers(layer)
-
-
-def _has_rescaling(model) -> bool:
-    return any(type(layer).__name__ in ("Rescaling", "Normalization") for layer in _walk_layers(model))
 
 
 def deployment_info(pp, class_names) -> dict:
@@ -177,10 +168,10 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     calibration = None
     if any(k.needs_calibration for k in kinds):
         calibration = data_mod.calibration_set(dataset, calib_samples)
-    from exporter import rundata
+    from exporter.data import select
 
-    pp = rundata.run_preprocessing(man) or dataset.preprocessing or \
-        rundata.model_preprocessing(dataset.input_shape, "unit", ref_path)
+    pp = select.run_preprocessing(man) or dataset.preprocessing or \
+        select.for_model(dataset.input_shape, scale=None, where=str(ref_path))
     if "preprocessing" not in man or "content_hash" not in man["dataset"]:
         man["preprocessing"] = man.get("preprocessing") or pp.to_dict()
         man["dataset"]["content_hash"] = dataset.content_hash

@@ -81,11 +81,22 @@ EXIT_CODES = {
 }
 
 
+# Modules whose first import writes native start-up lines to fd 2 ("Could not find cuda drivers",
+# "oneDNN custom operations are on", absl's pre-init warning); keras imports tensorflow.
+NOISY_NATIVE_IMPORTS = ("tensorflow", "keras", "tf2onnx", "tf_keras")
+
+
 def require(module: str, *, extra: str, purpose: str):
     """Import an optional module or raise MissingRuntimeError with the pip line that fixes it."""
     import importlib
+    import sys
 
     try:
+        if module.split(".")[0] in NOISY_NATIVE_IMPORTS and module not in sys.modules:
+            from exporter.quiet import native_stderr_hidden
+
+            with native_stderr_hidden():  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL
+                return importlib.import_module(module)
         return importlib.import_module(module)
     except ImportError as exc:  # ModuleNotFoundError or a broken install
         raise MissingRuntimeError(

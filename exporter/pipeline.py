@@ -52,7 +52,7 @@ def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = 
         stages[name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
         on_stage(name, status, stages[name]["seconds"])
 
-    from exporter.rundata import open_data
+    from exporter.data.select import open_data
 
     ds = open_data(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
 

@@ -18,7 +18,8 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter.errors import DataError, UsageError
 from exporter.fsutil import sha256_file
-from exporter.owndata import Preprocessing, decode_image
+from exporter.data.own import decode_image
+from exporter.data.preprocessing import Preprocessing  # noqa: F401  (the type run_preprocessing returns)
 from exporter.runtimes import load_runner
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,13 @@ def image_files(paths: list[Path]) -> list[Path]:
 
 
 def run_preprocessing(man: dict) -> Preprocessing:
-    if man.get("preprocessing"):
-        return Preprocessing.from_dict(man["preprocessing"])
-    shape = man["model"].get("input_shape") or man["dataset"].get("input_shape")
-    return Preprocessing(int(shape[0]), int(shape[1]), int(shape[2]), "unit")
+    """The run's recorded preprocessing; a run made before it was recorded (trained on a built-in) was fed
+    0..1 images of its input shape."""
+    from exporter.data.preprocessing import decide
+    from exporter.data.select import run_preprocessing as recorded
+
+    return recorded(man) or decide(man["model"].get("input_shape") or man["dataset"].get("input_shape"),
+                                   scale=None, where=man["model"].get("file", "the model"))
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -112,7 +116,7 @@ def predict(*, run: Path, paths: list[Path], kind: str | None = None, top_k: int
     try:
         for i in range(0, len(files), BATCH):
             chunk = files[i: i + BATCH]
-            x = np.stack([pp.from_pixels(decode_image(_read(f), str(f), pp)) for f in chunk])
+            x = pp.from_pixels(np.stack([decode_image(_read(f), str(f), pp) for f in chunk]))
             out = runner.predict(x)
             probs = softmax(out) if logits else out
             for f, p in zip(chunk, probs):

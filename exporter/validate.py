@@ -162,6 +162,17 @@ def uninformative_reasons(ref_probs: np.ndarray, labels: np.ndarray, class_names
     return reasons
 
 
+def _likely_causes(dataset) -> str:
+    """What to check first when the reference itself scores near chance: the input it was fed."""
+    pp = dataset.preprocessing
+    fed = (f"it was fed {pp.height}x{pp.width} {'RGB' if pp.channels == 3 else 'grayscale'} images scaled "
+           f"{pp.scale} ({pp.to_dict()['formula']}; {pp.detected_by or 'as recorded'})" if pp is not None
+           else f"it was fed the built-in {dataset.name} images scaled 0..1")
+    return (f"Check the input first: {fed}. Likely causes: the wrong input scale (pass --scale at convert "
+            "--model: unit, symmetric, raw or imagenet), the wrong colour order, or class folders in another "
+            "order than the model's outputs; only then train the model further.")
+
+
 NEAR_TIE_MARGIN = 0.05  # reference top-1 minus top-2 probability
 
 
@@ -314,7 +325,7 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     warnings = []
     if reasons:
         warnings.append("this validation proves little: " + "; ".join(reasons)
-                        + " (agreement with such a reference carries little information; train the model further)")
+                        + f" (agreement with such a reference carries little information). {_likely_causes(dataset)}")
     report = {
         "run": str(run), "created": mf.now_iso(), "inputs_key": key, "inputs": inputs,
         "dataset": {**dataset.describe(), "split": "test", "samples": int(len(y)), "content_hash": dataset.content_hash,

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from exporter import data as data_mod
 from exporter import manifest as mf
-from exporter import owndata
+from exporter.data import own as owndata
 from exporter.cli import app
 from exporter.errors import DataError
 from tests.owndata_helpers import CLASSES, train_tiny_model, write_folder, write_npz

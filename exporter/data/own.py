@@ -23,98 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import struct
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from exporter.data.preprocessing import Preprocessing
 from exporter.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
 
-SCALES = ("unit", "symmetric", "raw", "imagenet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-SCALE_RANGES = {"unit": [0.0, 1.0], "symmetric": [-1.0, 1.0], "raw": [0.0, 255.0], "imagenet": None}
 TEST_FOLDERS = ("test", "val", "validation")
-
-
-# ------------------------------------------------------------------------------ preprocessing
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What turns a stored image into the model's input. Declared once (at convert/import),
-    recorded in the run's manifest, used by calibration, validate, bench and predict."""
-
-    height: int
-    width: int
-    channels: int
-    scale: str = "unit"
-
-    def __post_init__(self):
-        if self.scale not in SCALES:
-            raise UsageError(f"unknown --scale '{self.scale}'", hint=f"choose one of: {', '.join(SCALES)}")
-        if self.channels not in (1, 3):
-            raise UsageError(f"images need 1 (grayscale) or 3 (RGB) channels, the model takes {self.channels}")
-        if self.height <= 0 or self.width <= 0:
-            raise UsageError(f"image size must be positive, got {self.height}x{self.width}")
-        if self.scale == "imagenet" and self.channels != 3:
-            raise UsageError("--scale imagenet needs an RGB (3-channel) model")
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return (self.height, self.width, self.channels)
-
-    @property
-    def mean(self):
-        return list(IMAGENET_MEAN) if self.scale == "imagenet" else None
-
-    @property
-    def std(self):
-        return list(IMAGENET_STD) if self.scale == "imagenet" else None
-
-    @property
-    def is_identity(self) -> bool:
-        return self.scale == "unit"
-
-    def to_dict(self) -> dict:
-        return {"size": [self.height, self.width], "channels": self.channels,
-                "color": "rgb" if self.channels == 3 else "grayscale", "layout": "NHWC", "dtype": "float32",
-                "resize": "bilinear", "scale": self.scale, "input_range": SCALE_RANGES[self.scale],
-                "mean": self.mean, "std": self.std,
-                "formula": {"unit": "pixel / 255", "symmetric": "pixel / 127.5 - 1", "raw": "pixel",
-                            "imagenet": "(pixel / 255 - mean) / std"}[self.scale]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        try:
-            return cls(int(d["size"][0]), int(d["size"][1]), int(d["channels"]), str(d.get("scale", "unit")))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"the run's preprocessing record is malformed ({exc})",
-                            hint="re-create the run with `resexport convert --model FILE --data ...`") from exc
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def scale_unit(self, u: np.ndarray) -> np.ndarray:
-        """float32 images in 0..1 -> the model's input range."""
-        u = np.asarray(u, dtype=np.float32)
-        if self.scale == "unit":
-            return u
-        if self.scale == "symmetric":
-            return u * np.float32(2.0) - np.float32(1.0)
-        if self.scale == "raw":
-            return u * np.float32(255.0)
-        return (u - np.asarray(IMAGENET_MEAN, np.float32)) / np.asarray(IMAGENET_STD, np.float32)
-
-    def from_pixels(self, x: np.ndarray) -> np.ndarray:
-        """uint8 (0..255) or float (0..1) images already at the model's size -> model input."""
-        u = x.astype(np.float32) / np.float32(255.0) if x.dtype == np.uint8 else x.astype(np.float32)
-        return self.scale_unit(u)
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -208,15 +130,15 @@ class FileItems:
         return digest.hexdigest()
 
     def load(self, idx: np.ndarray, pp: Preprocessing) -> np.ndarray:
-        out = np.empty((len(idx), *pp.shape), np.float32)
+        pixels = np.empty((len(idx), *pp.shape), np.uint8)
         for j, i in enumerate(idx):
             p = self.paths[int(i)]
             try:
                 raw = p.read_bytes()
             except OSError as exc:
                 raise DataError(f"cannot read {p}: {exc.strerror or exc}") from exc
-            out[j] = pp.from_pixels(decode_image(raw, str(p), pp))
-        return out
+            pixels[j] = decode_image(raw, str(p), pp)
+        return pp.from_pixels(pixels)
 
     def describe_sizes(self) -> list[list[int]]:
         return [[h, w] for (w, h) in sorted(self.sizes)]
@@ -324,7 +246,7 @@ class LazyImages:
 
     @property
     def shape(self) -> tuple:
-        return (len(self), *self.pp.shape)
+        return (len(self), *self.pp.model_shape)
 
     def __getitem__(self, key):
         if isinstance(key, (int, np.integer)):

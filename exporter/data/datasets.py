@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from exporter.data.preprocessing import Preprocessing
 from exporter.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class Dataset:
     source: str = ""
     subset: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)          # the user's own data: kind, path, split; {} for built-ins
-    preprocessing: object = None                         # owndata.Preprocessing applied to x_*; None: built-in 0..1
+    preprocessing: Preprocessing | None = None           # applied to x_*; None: a built-in as loaded (0..1 HWC)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -84,7 +85,7 @@ class Dataset:
                            hashlib.sha256(np.ascontiguousarray(part).tobytes()).hexdigest()).encode())
         for part in (self.y_test, self.y_train):
             digest.update(np.ascontiguousarray(part, dtype="<i8").tobytes())
-        digest.update(json.dumps([list(self.class_names), self.preprocessing.to_dict() if self.preprocessing else None,
+        digest.update(json.dumps([list(self.class_names), self.preprocessing.key() if self.preprocessing else None,
                                   self.subset], sort_keys=True).encode())
         return digest.hexdigest()[:16]
 
@@ -457,7 +458,7 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
     """The user's image folder or .npz as a Dataset whose x_train/x_test are lazy array-likes
     (exporter.owndata.LazyImages) decoding and preprocessing with `pp` in batches. With calib_data
     (a folder or .npz), its images stand in for the training split, for int8 calibration only."""
-    from exporter import owndata
+    from exporter.data import own as owndata
 
     src = source or owndata.open_source(Path(spec), test_split=test_split, seed=seed)
     src.warn_mixed_sizes(pp)
@@ -517,7 +518,7 @@ class _Concat:
     def load(self, idx, pp):
         idx, which = self._split(idx)
         return np.concatenate([self.parts[w].load([i - self.offsets[w]], pp) for i, w in zip(idx, which)]) \
-            if len(idx) else np.empty((0, *pp.shape), np.float32)
+            if len(idx) else np.empty((0, *pp.model_shape), np.float32)
 
 
 def scaled_builtin(ds: Dataset, pp) -> Dataset:

@@ -1,0 +1,94 @@
+"""Which data a command works on: `--data NAME|FOLDER|FILE.npz`, opened once, with the preprocessing
+that goes with it: decided by exporter.data.preprocessing.decide (from the model at convert/import, from
+the images at train) and read back from the run's manifest by every later stage (validate, bench, predict)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from exporter.data import datasets as data_mod
+from exporter.data.preprocessing import Preprocessing, decide
+from exporter.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATASET = "fashion_mnist"
+BUILTIN_SHAPES = {"fashion_mnist": (28, 28, 1), "mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+
+
+def _check_spec(spec: str) -> None:
+    if not data_mod.is_builtin_name(spec) and not Path(spec).exists() and "/" not in spec and "." not in spec:
+        raise UsageError(f"unknown dataset '{spec}'",
+                         hint=f"choose one of: {', '.join(data_mod.DATASETS)}, or pass an image folder or .npz")
+
+
+def open_source(spec: str | None, *, test_split: float | None = None):
+    """The user's folder/.npz scanned (hashed, headers checked) once; None for a built-in name."""
+    spec = str(spec) if spec is not None else DEFAULT_DATASET
+    _check_spec(spec)
+    if data_mod.is_builtin_name(spec):
+        return None
+    from exporter.data.own import open_source as open_own_source
+
+    return open_own_source(Path(spec), test_split=test_split)
+
+
+def native_shape(spec: str | None, source=None) -> tuple | None:
+    """(H, W, C) of the data's images as stored: a built-in's, or the first image of the user's data."""
+    spec = str(spec) if spec is not None else DEFAULT_DATASET
+    if data_mod.is_builtin_name(spec):
+        return BUILTIN_SHAPES[spec]
+    return source.native_shape if source is not None else None
+
+
+def for_model(model_input, *, scale: str | None, model=None, data: str | None = None, source=None,
+              where="the model") -> Preprocessing:
+    """The preprocessing a model needs for `data` (exporter.data.preprocessing.decide)."""
+    return decide(model_input, scale=scale, model=model, data_shape=native_shape(data, source), where=where)
+
+
+def open_data(spec: str | None, *, pp: Preprocessing | None = None, scale: str | None = None, data_dir=None,
+              test_split: float | None = None, calib_data=None, train_limit: int | None = None,
+              test_limit: int | None = None, source=None) -> data_mod.Dataset:
+    """A built-in name (as loaded, or scaled/reshaped if pp asks for it), or the user's folder/.npz, opened
+    lazily with pp (or, with no model to decide it, the first image's size and colour and `scale`).
+    `source`: the user's data already opened by open_source (so it is scanned once per command)."""
+    spec = str(spec) if spec is not None else DEFAULT_DATASET
+    _check_spec(spec)
+    if data_mod.is_builtin_name(spec):
+        if test_split is not None or calib_data is not None:
+            raise UsageError(f"--test-split and --calib-data are for your own data, not the built-in {spec}",
+                             hint="built-in datasets have their own train and test splits")
+        ds = data_mod.load_dataset(spec, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
+        if pp is None and scale not in (None, "unit"):
+            pp = Preprocessing(*ds.input_shape, scale, detected_by=f"--scale {scale}")
+        return data_mod.scaled_builtin(ds, pp)
+    if pp is None:
+        source = source or open_source(spec, test_split=test_split)
+        if source.native_shape is None:
+            raise UsageError(f"{spec}: cannot tell the image size")
+        pp = Preprocessing(*source.native_shape, scale or "unit",
+                           detected_by=f"--scale {scale}" if scale else "default 0..1; the data's own image size")
+    ds = data_mod.open_own(spec, pp, test_split=test_split, calib_data=calib_data, source=source)
+    return data_mod.subset(ds, train_limit=train_limit, test_limit=test_limit)
+
+
+def run_preprocessing(man: dict) -> Preprocessing | None:
+    rec = man.get("preprocessing")
+    return Preprocessing.from_dict(rec) if rec else None
+
+
+def open_for_run(run: Path, *, data: str | None = None, data_dir=None, test_limit: int | None = None,
+                 man: dict | None = None) -> data_mod.Dataset:
+    """The run's own data (as recorded in its manifest) or `data`, with the run's preprocessing."""
+    from exporter import manifest as mf
+
+    man = man or mf.read_manifest(run)
+    pp = run_preprocessing(man)
+    origin = man.get("dataset", {}).get("origin") or {}
+    if data is None:
+        spec = origin.get("path") or man.get("dataset", {}).get("name") or DEFAULT_DATASET
+        return open_data(spec, pp=pp, data_dir=data_dir, test_split=origin.get("test_split"),
+                         calib_data=origin.get("calib_data"), test_limit=test_limit)
+    return open_data(data, pp=pp, data_dir=data_dir, test_limit=test_limit)
