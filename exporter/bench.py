@@ -21,11 +21,12 @@ from exporter import manifest as mf
 from exporter.errors import MissingRuntimeError, UsageError
 from exporter.fsutil import write_json_atomic
 from exporter.progress import NULL, Progress
+from exporter.run import BENCH_FILE, Run
 from exporter.runtimes import Runner, load_runner
 
 log = logging.getLogger(__name__)
 
-BENCH_FILE = "bench.json"
+
 
 
 @dataclass(frozen=True)
@@ -134,23 +135,22 @@ class Target:
         return {"mode": self.mode} if self.mode else {}
 
 
-def targets_for(run: Path, man: dict, kinds: list[str] | None, include_reference: bool = True) -> list[Target]:
+def targets_for(run: Run, kinds: list[str] | None, include_reference: bool = True) -> list[Target]:
     out = []
-    ref_kind = man["model"].get("format", "keras")
-    ref_path = run / man["model"]["file"]
+    ref_kind, ref_path = run.model_format, run.model_path
     if include_reference:
         if ref_kind == "keras":
             out.extend(Target("keras", ref_path, mode) for mode in KERAS_MODES)
         else:
             out.append(Target(ref_kind, ref_path))
-    available = list(man["artifacts"])
+    available = list(run.artifacts)
     chosen = kinds or available
     missing = [k for k in chosen if k not in available and k not in ("keras", "savedmodel")]
     if missing:
         raise UsageError(f"{run} has no artifact {', '.join(missing)}", hint=f"available: {', '.join(available)}")
     for k in chosen:
         if k in available:
-            out.append(Target(k, run / man["artifacts"][k]["file"]))
+            out.append(Target(k, run.artifact_path(k)))
     return out
 
 
@@ -178,7 +178,7 @@ def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None
     return rows
 
 
-def bench_inputs(run: Path, man: dict, targets: list[Target], cfg: BenchConfig, env: dict) -> dict:
+def bench_inputs(targets: list[Target], cfg: BenchConfig, env: dict) -> dict:
     """What a benchmark depends on: the stage key's inputs (every target by sha256, the settings,
     the machine and the runtimes' versions)."""
     from exporter.fsutil import sha256_path
@@ -187,17 +187,17 @@ def bench_inputs(run: Path, man: dict, targets: list[Target], cfg: BenchConfig, 
             "config": asdict(cfg), "machine": {k: env.get(k) for k in ("cpu", "cores", "gpu", "device", "versions")}}
 
 
-def bench(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = None, cfg: BenchConfig = BenchConfig(),
+def bench(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None, cfg: BenchConfig = BenchConfig(),
           strict: bool = False, include_reference: bool = True, progress: Progress = NULL,
           write: bool = True, reuse: bool = False) -> dict:
     """Time every target of the run. Writes bench.json (unless write=False). With reuse=True, a
     bench.json made from the same inputs (its inputs_key) is returned as it is, marked "reused"."""
     cfg.check()
     cfg = cfg.resolved()
-    man = mf.read_manifest(run)
-    targets = targets_for(run, man, kinds, include_reference)
+    run = Run.of(run)
+    targets = targets_for(run, kinds, include_reference)
     env = environment(cfg.device)
-    inputs = bench_inputs(run, man, targets, cfg, env)
+    inputs = bench_inputs(targets, cfg, env)
     key = mf.inputs_key(inputs)
     if reuse:
         stored = mf.read_json_if(run / BENCH_FILE)

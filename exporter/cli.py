@@ -151,7 +151,7 @@ def train(
     json_out: bool = JSON_OPT,
 ):
     """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
-    from exporter import manifest as mf
+    from exporter.run import default_run_path
     from exporter.errors import UsageError
     from exporter.models import spec
     from exporter.data.select import open_data
@@ -159,8 +159,7 @@ def train(
 
     dataset = dataset or spec(model).dataset
     r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    run = run or mf.artifacts_root() / mf.new_run_name(model, Path(dataset).stem if Path(dataset).suffix
-                                                       else Path(dataset).name)
+    run = run or default_run_path(model, dataset)
     ds = open_data(dataset, scale=scale, data_dir=data_dir, test_split=test_split, train_limit=train_limit,
                    test_limit=test_limit)
     if len(ds.y_train) == 0:
@@ -215,7 +214,7 @@ def convert(
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.convert import convert as convert_fn, import_model
     from exporter.errors import UsageError
     from exporter.report import CONVERT_HEADERS, convert_rows
@@ -229,11 +228,11 @@ def convert(
         if scale or test_split is not None or calib_data is not None:
             raise UsageError("--scale, --test-split and --calib-data are set when a model is imported (--model)",
                              hint="the run records them; pass --model again to make a new run")
-        run = mf.resolve_run(run)
+        run = Run.of(run)
     ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
                         unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=progress(json_out))
-    rows = convert_rows(mf.read_manifest(run), status)
+    rows = convert_rows(run, status)
     if json_out:
         print_json({"run": str(run), "artifacts": rows})
     else:
@@ -257,12 +256,12 @@ def inspect(
     """Per-layer quantisation error of an int8 artifact, worst first: each layer's int8 output against
     the same layer in float on the same input (TFLite QuantizationDebugger; ONNX Runtime's QDQ debug
     tools), re-made with the run's own converter settings and calibration set."""
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.errors import UsageError
     from exporter.inspect import inspect as inspect_fn
     from exporter.report import INSPECT_HEADERS, inspect_rows
 
-    run = mf.resolve_run(run)
+    run = Run.of(run)
     if samples <= 0:
         raise UsageError(f"--samples must be positive, got {samples}")
     report = inspect_fn(run=run, kind=artifact, dataset=_run_dataset(run, data_dir), samples=samples, unsafe=unsafe,
@@ -307,12 +306,12 @@ def validate(
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.errors import ValidationFailed
     from exporter.report import VALIDATION_HEADERS, validation_rows
     from exporter.validate import failure_summary, validate as validate_fn
 
-    run = mf.resolve_run(run)
+    run = Run.of(run)
     ds = _run_dataset(run, data_dir, test_limit, data=dataset)
     report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
                          overrides={"max_drop": max_drop, "min_agreement": min_agreement,
@@ -354,11 +353,11 @@ def bench(
 ):
     """Time every artifact and the Keras original on real test images: p50/p90/p99/mean/std latency,
     throughput, cold start (load + first inference), engine and provider used. Writes bench.json."""
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.bench import BenchConfig, bench as bench_fn
     from exporter.report import BENCH_HEADERS, bench_rows
 
-    run = mf.resolve_run(run)
+    run = Run.of(run)
     cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
                       threads=threads, device=device)
     report = bench_fn(run=run, dataset=_run_dataset(run, data_dir, data=dataset), kinds=_split(artifacts), cfg=cfg, strict=strict,
@@ -379,10 +378,10 @@ def bench(
 def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
     """Join manifest, validation and bench results into report.md and report.png (accuracy vs
     latency, marker size by file size, Keras marked) and print the table."""
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.report import write_report
 
-    table = write_report(mf.resolve_run(run))
+    table = write_report(Run.of(run))
     if json_out:
         print_json(table)
     else:
@@ -416,10 +415,10 @@ def predict(
 ):
     """Top-k classes with probabilities for each image, preprocessed as the run records (size, colour,
     scale); a logits model's outputs are turned into probabilities with softmax."""
-    from exporter import manifest as mf
+    from exporter.run import Run
     from exporter.predict import predict as predict_fn
 
-    result = predict_fn(run=mf.resolve_run(run), paths=images, kind=artifact, top_k=top_k, threads=threads,
+    result = predict_fn(run=Run.of(run), paths=images, kind=artifact, top_k=top_k, threads=threads,
                         unsafe=unsafe)
     if json_out:
         print_json(result)

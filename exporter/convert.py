@@ -19,7 +19,8 @@ from exporter.export.source import ExportSource, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
 from exporter.runtimes import load_runner
-from exporter.validate import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem, batch_sample
+from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem, batch_sample
+from exporter.run import Run, default_run_path
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ DEFAULT_CALIBRATION = 500
 
 def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Dataset | None = None,
                  data: str | None = None, scale: str | None = None, test_split: float | None = None,
-                 calib_data=None, data_dir=None, force: bool = False, unsafe: bool = False) -> Path:
+                 calib_data=None, data_dir=None, force: bool = False, unsafe: bool = False) -> Run:
     """Make a run folder around an existing model (.keras, legacy .h5, or SavedModel folder).
     The model is checked (loads, fits the dataset) before anything is written, then copied in.
 
@@ -68,7 +69,7 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
                          hint="its Python is gone, so it cannot be re-traced for inference: export it again "
                               "from the Keras model, or import the .keras file")
     stem = model_path.stem if model_path.is_file() else model_path.name
-    run = Path(run) if run else mf.artifacts_root() / mf.new_run_name(f"{stem}-import", dataset.name)
+    run = Path(run) if run else default_run_path(f"{stem}-import", dataset.name)
     target = row.filename if row.family == "savedmodel" else f"model{model_path.suffix.lower()}"
     with staged_run(run, force=force) as tmp:
         if model_path.is_dir():
@@ -83,7 +84,7 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
                       "output": output, "output_detected_by": detected_by},
             "dataset": dataset.describe(), "preprocessing": pp.to_dict(),
             "versions": mf.library_versions(), "artifacts": {}})
-    return run
+    return Run(run)
 
 
 def _detect_output(model, runner, dataset) -> tuple[str, str]:
@@ -142,12 +143,12 @@ def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration, de
             "int8": int8, "converters": mf.library_versions(CONVERTER_PACKAGES)}
 
 
-def _up_to_date(run: Path, kind: formats.ArtifactKind, entry: dict | None, key: str) -> bool:
+def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: str) -> bool:
     out = run / kind.filename
     return bool(entry and out.is_file() and entry.get("inputs_key") == key and entry.get("sha256") == sha256_file(out))
 
 
-def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
+def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
             calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
             fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL) -> dict:
     """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
@@ -162,20 +163,14 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     if fallback not in FALLBACK_CHOICES:
         raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
     int8_keys = {k.name: _int8_key(k, fallback, target_cpu) for k in kinds}  # also checks --target-cpu
-    man = mf.read_manifest(run)
-    ref_path = run / man["model"]["file"]
+    run = Run.of(run)
+    ref_path = run.model_path
     source_sha = sha256_path(ref_path)
     calibration = None
     if any(k.needs_calibration for k in kinds):
         calibration = data_mod.calibration_set(dataset, calib_samples)
-    from exporter.data import select
-
-    pp = select.run_preprocessing(man) or dataset.preprocessing or \
-        select.for_model(dataset.input_shape, scale=None, where=str(ref_path))
-    if "preprocessing" not in man or "content_hash" not in man["dataset"]:
-        man["preprocessing"] = man.get("preprocessing") or pp.to_dict()
-        man["dataset"]["content_hash"] = dataset.content_hash
-        mf.write_manifest(run, man)
+    pp = run.recorded_preprocessing or dataset.preprocessing or run.preprocessing
+    run.record_data(pp, dataset.content_hash)
     deploy = deployment_info(pp, dataset.class_names)
     write_deployment_files(run, deploy)
     keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy, int8_keys[kind.name]))
@@ -184,7 +179,7 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     status: dict[str, str] = {}
     conflicts = []
     for kind in kinds:
-        entry = man["artifacts"].get(kind.name)
+        entry = run.artifact(kind.name)
         if _up_to_date(run, kind, entry, keys[kind.name]) and not force:
             status[kind.name] = "up to date"
         elif (run / kind.filename).exists() and not force:
@@ -197,7 +192,7 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
     if not todo:
         return status
 
-    source = ExportSource(ref_path, man["model"].get("format", "keras"), tuple(dataset.input_shape), unsafe=unsafe)
+    source = ExportSource(ref_path, run.model_format, tuple(dataset.input_shape), unsafe=unsafe)
     try:
         if source.family == "keras":
             model = source.keras_model()
@@ -206,9 +201,8 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
             probe = KerasRunner(ref_path, model, device="cpu", mode="compiled")
             probe.check_fits(dataset.input_shape, dataset.num_classes)
             source.check_weights_finite()
-            if man["model"].get("output") not in outputs.CONVENTIONS:  # a run made before it was recorded
-                man["model"]["output"], man["model"]["output_detected_by"] = _detect_output(model, probe, dataset)
-                mf.write_manifest(run, man)
+            if run.output not in outputs.CONVENTIONS:  # a run made before it was recorded
+                run.set_output(*_detect_output(model, probe, dataset))
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)
@@ -218,7 +212,7 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                     from exporter.inspect import fallback_search
 
                     details = fallback_search(kind=kind, source=source, out=out, calibration=calibration,
-                                              dataset=dataset, man=man, target_cpu=target_cpu)
+                                              dataset=dataset, man=run.manifest, target_cpu=target_cpu)
                 elif kind.needs_calibration:
                     details = {"fallback": "none", "float_layers": [],
                                **kind.load_exporter()(source, out, calibration, target_cpu=target_cpu)}
@@ -239,8 +233,7 @@ def convert(*, run: Path, kinds: list[formats.ArtifactKind], dataset: data_mod.D
                     **details, "seconds": round(time.perf_counter() - start, 2), "created": mf.now_iso(),
                 }
                 runner.close()
-                man["artifacts"][kind.name] = entry
-                mf.write_manifest(run, man)
+                run.set_artifact(kind.name, entry)
                 status[kind.name] = "written"
                 log.info("wrote %s (%d bytes)", out, entry["bytes"])
                 task.advance()

@@ -9,7 +9,7 @@ from pathlib import Path
 from exporter import data as data_mod
 from exporter.fsutil import atomic_path, ensure_dir, write_json_atomic
 from exporter.progress import NULL, Progress
-from exporter import manifest as mf
+from exporter.run import Run
 from exporter.train import Recipe, existing_run, train, training_key
 
 # Test accuracy (%) reported by seed 003 (../shared/seeds/README.md).
@@ -40,7 +40,7 @@ def depth_study(*, out: Path, recipe: Recipe, dataset: data_mod.Dataset, depths=
     for name, kind, depth in plan:
         res = train(model_name=name, dataset=dataset, run=out / "runs" / name, recipe=recipe, seed=seed,
                     force=force, reuse=True, progress=progress)
-        backend = (mf.read_manifest(res.run)["training"]["backend"] if res.reused else keras.backend.backend())
+        backend = (Run(res.run).training["backend"] if res.reused else keras.backend.backend())
         rows.append({"model": name, "kind": kind, "depth": depth, "test_accuracy": 100 * res.test_accuracy,
                      "seed_reported": SEED003_REPORTED[kind].get(depth), "train_seconds": round(res.seconds, 1),
                      "epochs": recipe.epochs, "backend": backend, "reused": res.reused, "run": str(res.run)})

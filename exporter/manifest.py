@@ -57,11 +57,6 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def new_run_name(model: str, dataset: str) -> str:
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{model}-{dataset}-{stamp}"
-
-
 def read_manifest(run: Path) -> dict:
     path = Path(run) / MANIFEST
     try:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from exporter import formats
-from exporter import manifest as mf
 from exporter.bench import BenchConfig, bench
 from exporter.convert import DEFAULT_CALIBRATION, convert
 from exporter.progress import NULL, Progress
 from exporter.report import write_report
+from exporter.run import Run, default_run_path
 from exporter.train import Recipe, train
 from exporter.validate import validate
 
@@ -35,8 +35,7 @@ class PipelineConfig:
 
 
 def default_run(cfg: PipelineConfig) -> Path:
-    name = Path(cfg.dataset).stem if Path(cfg.dataset).suffix == ".npz" else Path(cfg.dataset).name
-    return mf.artifacts_root() / f"{cfg.model}-{name}-pipeline"
+    return default_run_path(cfg.model, cfg.dataset, tag="pipeline")
 
 
 def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = False, data_dir=None,
@@ -81,4 +80,4 @@ def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = 
     report = {}
     stage("report", lambda: report.update(write_report(run)) or "written")
     return {"run": str(run), "stages": stages, "validation_passed": results["validate"]["passed"], "report": report,
-            "test_accuracy": mf.read_manifest(run).get("training", {}).get("test_accuracy")}
+            "test_accuracy": Run(run).training.get("test_accuracy")}

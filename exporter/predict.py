@@ -8,18 +8,16 @@ nothing passed, predict refuses (name one with --artifact to use it anyway)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from exporter import formats
-from exporter import manifest as mf
 from exporter.errors import DataError, UsageError
 from exporter.fsutil import sha256_file
 from exporter.data.own import decode_image
-from exporter.data.preprocessing import Preprocessing  # noqa: F401  (the type run_preprocessing returns)
+from exporter.run import VALIDATION_FILE, Run
 from exporter.runtimes import load_runner
 
 log = logging.getLogger(__name__)
@@ -30,30 +28,25 @@ FALLBACK_ORDER = ("tflite-fp32", "onnx-fp32")
 BATCH = 64
 
 
-def choose_artifact(run: Path, man: dict, kind: str | None = None) -> tuple[str, Path, str]:
+def choose_artifact(run: Run, kind: str | None = None) -> tuple[str, Path, str]:
     """(kind, path, why) of the artifact predict uses."""
-    ref_kind = man["model"].get("format", "keras")
+    ref_kind = run.model_format
     if kind:
         if kind in REFERENCE_NAMES:
-            return ref_kind, run / man["model"]["file"], "the reference model (--artifact)"
+            return ref_kind, run.model_path, "the reference model (--artifact)"
         formats.get(kind)
-        if kind not in man["artifacts"]:
+        if kind not in run.artifacts:
             raise UsageError(f"{run} has no artifact {kind}",
-                             hint=f"available: {', '.join([*man['artifacts'], 'keras']) or 'keras'}")
-        return kind, run / man["artifacts"][kind]["file"], "named with --artifact"
-    val_path = run / "validation.json"
-    if val_path.is_file():
-        try:
-            val = json.loads(val_path.read_text())
-            rows = [r for r in val.get("artifacts", []) if isinstance(r, dict)]
-        except (OSError, ValueError, AttributeError):
-            rows = []
+                             hint=f"available: {', '.join([*run.artifacts, 'keras'])}")
+        return kind, run.artifact_path(kind), "named with --artifact"
+    if (run / VALIDATION_FILE).is_file():
+        rows = [r for r in (run.validation or {}).get("artifacts") or [] if isinstance(r, dict)]
         passing = []
         for r in rows:
-            entry = man["artifacts"].get(r.get("kind"))
-            path = run / entry["file"] if entry else None
+            entry = run.artifact(r.get("kind"))
+            path = run.artifact_path(r["kind"]) if entry else None
             if r.get("passed") and entry and path.is_file() and sha256_file(path) == entry.get("sha256"):
-                passing.append((entry.get("bytes") or path.stat().st_size, list(man["artifacts"]).index(r["kind"]),
+                passing.append((entry.get("bytes") or path.stat().st_size, list(run.artifacts).index(r["kind"]),
                                 r["kind"], path))
         if passing:
             _, _, name, path = min(passing)
@@ -62,9 +55,9 @@ def choose_artifact(run: Path, man: dict, kind: str | None = None) -> tuple[str,
             raise UsageError(f"no artifact of {run} passed validation (validation.json)",
                              hint="fix and re-validate, or name one with --artifact KIND to use it anyway")
     for name in FALLBACK_ORDER:
-        if name in man["artifacts"] and (run / man["artifacts"][name]["file"]).is_file():
-            return name, run / man["artifacts"][name]["file"], "not validated yet: the float32 artifact"
-    return ref_kind, run / man["model"]["file"], "no exported artifact: the reference model"
+        if name in run.artifacts and run.artifact_path(name).is_file():
+            return name, run.artifact_path(name), "not validated yet: the float32 artifact"
+    return ref_kind, run.model_path, "no exported artifact: the reference model"
 
 
 def image_files(paths: list[Path]) -> list[Path]:
@@ -85,33 +78,23 @@ def image_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def run_preprocessing(man: dict) -> Preprocessing:
-    """The run's recorded preprocessing; a run made before it was recorded (trained on a built-in) was fed
-    0..1 images of its input shape."""
-    from exporter.data.preprocessing import decide
-    from exporter.data.select import run_preprocessing as recorded
-
-    return recorded(man) or decide(man["model"].get("input_shape") or man["dataset"].get("input_shape"),
-                                   scale=None, where=man["model"].get("file", "the model"))
-
-
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict(*, run: Path, paths: list[Path], kind: str | None = None, top_k: int = 5,
+def predict(*, run: Run | Path, paths: list[Path], kind: str | None = None, top_k: int = 5,
             threads: int | None = None, unsafe: bool = False) -> dict:
     if top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {top_k}")
-    man = mf.read_manifest(run)
-    pp = run_preprocessing(man)
-    class_names = list(man["dataset"].get("class_names") or [])
+    run = Run.of(run)
+    pp = run.preprocessing
+    class_names = run.class_names
     files = image_files(paths)
-    name, path, why = choose_artifact(run, man, kind)
+    name, path, why = choose_artifact(run, kind)
     runner = load_runner(path, kind=name, threads=threads, unsafe=unsafe)
-    logits = man["model"].get("output") == "logits"
+    logits = run.output == "logits"
     rows = []
     try:
         for i in range(0, len(files), BATCH):

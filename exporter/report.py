@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from exporter import manifest as mf
 from exporter.bench import BENCH_FILE
 from exporter.errors import InputError
 from exporter.fsutil import atomic_path
+from exporter.run import Run
 from exporter.validate import VALIDATION_FILE
 
 REPORT_MD = "report.md"
@@ -25,10 +25,10 @@ def _load_optional(path: Path) -> dict | None:
         raise InputError(f"{path} is corrupt ({exc})", hint="re-run the stage that writes it") from exc
 
 
-def build_table(run: Path) -> dict:
+def build_table(run) -> dict:
     """One row per artifact (Keras reference first): size, accuracy, change, agreement, p50 at
     batch 1, speed-up vs Keras. Missing stages leave their columns empty (None)."""
-    man = mf.read_manifest(run)
+    run = Run.of(run)
     val = _load_optional(run / VALIDATION_FILE)
     bench = _load_optional(run / BENCH_FILE)
     vrows = {r["kind"]: r for r in (val or {}).get("artifacts", [])}
@@ -36,33 +36,33 @@ def build_table(run: Path) -> dict:
     for r in (bench or {}).get("results", []):
         if r["batch"] == 1:
             brows[(r["kind"], r.get("mode"))] = r
-    ref_path = run / man["model"]["file"]
-    ref_acc = (val or {}).get("reference", {}).get("accuracy", man.get("training", {}).get("test_accuracy"))
-    ref_kind = man["model"].get("format", "keras")
+    ref_path = run.model_path
+    ref_acc = (val or {}).get("reference", {}).get("accuracy", run.training.get("test_accuracy"))
+    ref_kind = run.model_format
     ref_bench = brows.get(("keras", "compiled")) or brows.get((ref_kind, None))
     rows = [{"kind": "keras (reference, compiled call)" if ref_kind == "keras" else f"{ref_kind} (reference)",
-             "file": man["model"]["file"],
-             "bytes": ref_path.stat().st_size if ref_path.is_file() else man["model"].get("bytes"),
+             "file": run.model_file,
+             "bytes": ref_path.stat().st_size if ref_path.is_file() else run.model.get("bytes"),
              "accuracy": ref_acc, "change_points": 0.0, "agreement": 100.0,
              "p50_ms_b1": ref_bench["p50_ms"] if ref_bench else None,
              "p50_ms_b1_predict": (brows.get(("keras", "predict")) or {}).get("p50_ms"),
              "speedup_vs_keras_predict": (ref_bench or {}).get("speedup_vs_keras_predict"),
              "batch_diff": _batch_diff((val or {}).get("reference", {})),
              "passed": None, "reference": True}]
-    for kind, entry in man["artifacts"].items():
+    for kind, entry in run.artifacts.items():
         v, b = vrows.get(kind, {}), brows.get((kind, None), {})
         rows.append({"kind": kind, "file": entry["file"], "bytes": entry["bytes"], "accuracy": v.get("accuracy"),
                      "change_points": v.get("change_points"), "agreement": v.get("agreement"),
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
                      "speedup_vs_keras_compiled": b.get("speedup_vs_keras_compiled"),
                      "batch_diff": _batch_diff(v), "passed": v.get("passed"), "reference": False})
-    return {"run": str(run), "model": man["model"].get("name"), "dataset": man["dataset"].get("name"),
+    return {"run": str(run), "model": run.model_name, "dataset": run.dataset_name,
             "test_samples": (val or {}).get("dataset", {}).get("samples"),
             "environment": (bench or {}).get("environment"), "rows": rows,
             "bench_rows": [{"target": r["target"], "batch": r["batch"], "threads": r.get("threads")}
                            for r in (bench or {}).get("results", [])],
             "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", []),
-            "output": (val or {}).get("reference", {}).get("output", man["model"].get("output")),
+            "output": (val or {}).get("reference", {}).get("output", run.output),
             "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", [])}
 
 
@@ -98,12 +98,12 @@ def summary_rows(table: dict, *, bold_fail: bool = False) -> list[list[str]]:
 CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds", "float layers"]
 
 
-def convert_rows(man: dict, status: dict[str, str]) -> list[dict]:
+def convert_rows(run, status: dict[str, str]) -> list[dict]:
     """One row per kind convert was asked for: its file, size, whether it was written or kept, and
     for an int8 artifact made with --fallback auto how many layers stayed float."""
-    rows = []
+    run, rows = Run.of(run), []
     for kind, st in status.items():
-        a = man["artifacts"][kind]
+        a = run.artifact(kind)
         rows.append({"kind": kind, "status": st, "file": a["file"], "bytes": a["bytes"],
                      "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}",
                      **({"float_layers": len(a.get("float_layers") or [])} if a.get("fallback") == "auto" else {})})

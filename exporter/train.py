@@ -25,6 +25,7 @@ from exporter.data import Dataset
 from exporter.errors import OutputError, OutputExistsError, UsageError
 from exporter.fsutil import current_umask, ensure_dir, sha256_file
 from exporter.progress import NULL, Progress
+from exporter.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def existing_run(run: Path, key: str) -> TrainResult | None:
     if not (run.exists() and any(run.iterdir())):
         return None
     try:
-        training = mf.read_manifest(run)["training"]
+        training = Run(run).training
         same = training.get("inputs_key") == key
     except (ResexportError, KeyError, TypeError):
         same = False

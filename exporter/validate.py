@@ -27,15 +27,16 @@ from exporter import outputs as out_mod
 from exporter.errors import InputError, ModelFileError, UsageError
 from exporter.fsutil import sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
+from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem
+from exporter.run import VALIDATION_FILE, Run
 from exporter.runtimes import Runner, load_runner
 
 log = logging.getLogger(__name__)
 
-VALIDATION_FILE = "validation.json"
 REFERENCE_CACHE = "reference_outputs.npz"
 
 
-def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, unsafe, progress):
+def reference_outputs(run: Run, dataset, *, batch_size, threads, unsafe, progress):
     """The reference model's outputs on the test set, and a description of where they came from
     (including its batch-invariance check).
 
@@ -46,9 +47,8 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
     from exporter.errors import MissingRuntimeError
     from exporter.fsutil import atomic_path, sha256_path
 
-    ref_kind = man["model"].get("format", "keras")
-    ref_path = run / man["model"]["file"]
-    model_sha = sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256")
+    ref_kind, ref_path = run.model_format, run.model_path
+    model_sha = sha256_path(ref_path) if ref_path.exists() else run.recorded_model_sha256
     data_hash = dataset.content_hash
     try:
         runner = load_runner(ref_path, kind=ref_kind, threads=threads, unsafe=unsafe)
@@ -59,7 +59,7 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
                 if str(npz["model_sha256"]) == model_sha and str(npz["test_hash"]) == data_hash:
                     log.info("reference runtime missing (%s); using cached reference outputs", exc.message)
                     batch = json.loads(str(npz["batch_invariance"])) if "batch_invariance" in npz else None
-                    return npz["outputs"], {"kind": ref_kind, "file": man["model"]["file"], "source": "cache",
+                    return npz["outputs"], {"kind": ref_kind, "file": run.model_file, "source": "cache",
                                             "seconds": None, "runner": {"engine": "cached outputs", "device": "-"},
                                             "batch_invariance": batch}
         raise MissingRuntimeError(f"{exc.message}; and no matching cached reference outputs in {run}",
@@ -70,7 +70,7 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
     if not np.all(np.isfinite(ref)):
         raise ModelFileError(f"{ref_path}: the reference model outputs NaN or Inf",
                              hint="the model is broken (diverged training?); retrain it")
-    convention = output_convention(man, ref)
+    convention = output_convention(run, ref)
     batch = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
                              tolerance=REFERENCE_BATCH_TOLERANCE)
     runner.close()
@@ -82,60 +82,17 @@ def reference_outputs(run: Path, man: dict, dataset, *, batch_size, threads, uns
         with open(tmp, "wb") as fh:
             np.savez(fh, outputs=ref, model_sha256=model_sha, test_hash=data_hash,
                      batch_invariance=json.dumps(batch))
-    return ref, {"kind": ref_kind, "file": man["model"]["file"], "source": "computed",
+    return ref, {"kind": ref_kind, "file": run.model_file, "source": "computed",
                  "seconds": round(seconds, 2), "runner": runner.info, "batch_invariance": batch}
 
 
-def output_convention(man: dict, ref: np.ndarray) -> str:
+def output_convention(run: Run, ref: np.ndarray) -> str:
     """The manifest's record of what the model outputs; for runs made before it was recorded, the
     reference's values decide."""
-    convention = man["model"].get("output")
+    convention = run.output
     if convention in out_mod.CONVENTIONS:
         return convention
     return out_mod.detect_from_values(ref[:256])[0]
-
-
-# ------------------------------------------------------------------ batch invariance
-
-BATCH_SAMPLE = 256          # test images in the batch-invariance check
-BATCH_SINGLES = 32          # of those, run one image per call
-REFERENCE_BATCH_TOLERANCE = 1e-3
-BATCH_CAUSE = "BatchNormalization or a random layer ran in training mode"
-
-
-def batch_sample(dataset) -> np.ndarray:
-    """The fixed test images of the batch-invariance check: stratified, the same on every run."""
-    n = min(BATCH_SAMPLE, len(dataset.y_test))
-    return data_mod.stratified_indices(dataset.y_test, n, seed=7)
-
-
-def batch_invariance(runner: Runner, dataset, *, batch_size: int, convention: str, tolerance: float) -> dict:
-    """Run the sample one image at a time, in batches of the validation batch size, and in those
-    batches shuffled; the outputs (as probabilities) must agree within `tolerance`."""
-    idx = batch_sample(dataset)
-    x = dataset.x_test[idx]
-    n = len(x)
-    batch = batch_size if batch_size > 1 else n
-    as_p = lambda y: out_mod.to_probabilities(y, convention)  # noqa: E731
-    batched = as_p(runner.predict_batched(x, batch))
-    k = min(BATCH_SINGLES, n)
-    singles = as_p(np.concatenate([runner.predict(x[i: i + 1]) for i in range(k)]))
-    perm = np.random.default_rng(7).permutation(n)
-    shuffled = np.empty_like(batched)
-    shuffled[perm] = as_p(runner.predict_batched(x[perm], batch))
-    finite = bool(np.all(np.isfinite(batched)) and np.all(np.isfinite(singles)) and np.all(np.isfinite(shuffled)))
-    d_single = float(np.abs(singles - batched[:k]).max()) if finite else float("inf")
-    d_shuffled = float(np.abs(shuffled - batched).max()) if finite else float("inf")
-    flips = int((singles.argmax(1) != batched[:k].argmax(1)).sum() + (shuffled.argmax(1) != batched.argmax(1)).sum())
-    return {"sample": n, "singles": k, "batch": min(batch, n), "max_diff_batch_1": d_single,
-            "max_diff_shuffled": d_shuffled, "top1_flips": flips, "tolerance": tolerance,
-            "passed": finite and max(d_single, d_shuffled) <= tolerance}
-
-
-def batch_problem(b: dict) -> str:
-    return (f"outputs depend on the batch: {BATCH_CAUSE} (max |diff| {b['max_diff_batch_1']:.2e} between batch 1 "
-            f"and batch {b['batch']}, {b['max_diff_shuffled']:.2e} with the batch shuffled; tolerance "
-            f"{b['tolerance']:.0e}; top-1 changed {b['top1_flips']} times)")
 
 
 # ------------------------------------------------------------------ what the reference can prove
@@ -245,14 +202,14 @@ def run_runner(runner: Runner, x: np.ndarray, batch_size: int, progress: Progres
     return out, time.perf_counter() - start
 
 
-def validation_inputs(run: Path, man: dict, dataset, kinds: list[str], batch_size: int, overrides: dict | None) -> dict:
+def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, overrides: dict | None) -> dict:
     """What a validation depends on: the stage key's inputs (the reference model and every artifact
     by sha256, the test set by content, the gates and batch size)."""
     from exporter.fsutil import sha256_path
 
-    ref_path = run / man["model"]["file"]
-    return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else man["model"].get("sha256"),
-            "artifacts": {k: _sha_or_none(run / man["artifacts"][k]["file"]) for k in kinds},
+    ref_path = run.model_path
+    return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else run.recorded_model_sha256,
+            "artifacts": {k: _sha_or_none(run.artifact_path(k)) for k in kinds},
             "test_set": dataset.content_hash, "batch_size": batch_size,
             "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
             "gates": {k: asdict(formats.get(k).gates) for k in kinds}}
@@ -262,7 +219,7 @@ def _sha_or_none(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
-def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
+def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
              overrides: dict | None = None, batch_size: int = 256, threads: int | None = None,
              unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
              reuse: bool = False) -> dict:
@@ -271,8 +228,8 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     substitute loaded runners by kind (tests use it to inject a deliberately broken one). With
     reuse=True, a validation.json made from the same inputs (its inputs_key) is returned as it is,
     marked "reused"."""
-    man = mf.read_manifest(run)
-    available = list(man["artifacts"])
+    run = Run.of(run)
+    available = list(run.artifacts)
     kinds = kinds or available
     if not kinds:
         raise UsageError(f"{run} has no exported artifacts to validate",
@@ -283,23 +240,23 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
                          hint=f"available: {', '.join(available) or 'none'}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    inputs = validation_inputs(run, man, dataset, kinds, batch_size, overrides)
+    inputs = validation_inputs(run, dataset, kinds, batch_size, overrides)
     key = mf.inputs_key(inputs)
     if reuse and not runners:
         stored = mf.read_json_if(run / VALIDATION_FILE)
         if stored is not None and stored.get("inputs_key") == key:
             return {**stored, "reused": True}
     x, y = dataset.x_test, dataset.y_test
-    ref, ref_info = reference_outputs(run, man, dataset, batch_size=batch_size, threads=threads, unsafe=unsafe,
+    ref, ref_info = reference_outputs(run, dataset, batch_size=batch_size, threads=threads, unsafe=unsafe,
                                       progress=progress)
-    convention = output_convention(man, ref)
+    convention = output_convention(run, ref)
     ref_acc = float((ref.argmax(1) == y).mean())
     ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
     for name in kinds:
         kind = formats.get(name)
-        entry = man["artifacts"][name]
-        runner = (runners or {}).get(name) or load_runner(run / entry["file"], kind=name, threads=threads)
+        entry = run.artifact(name)
+        runner = (runners or {}).get(name) or load_runner(run.artifact_path(name), kind=name, threads=threads)
         runner.check_fits(dataset.input_shape, dataset.num_classes)
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names, convention)
@@ -310,7 +267,7 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
                                                        tolerance=gates.max_batch_diff)
         failures = check_gates(metrics, gates)
-        unchanged = sha256_file(run / entry["file"]) == entry.get("sha256")
+        unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
         if not unchanged:
             log.warning("%s changed since it was converted (sha256 differs from the manifest)", entry["file"])
         results.append({"kind": name, "file": entry["file"], "bytes": entry.get("bytes"), **metrics,

@@ -79,16 +79,15 @@ def run_preprocessing(man: dict) -> Preprocessing | None:
     return Preprocessing.from_dict(rec) if rec else None
 
 
-def open_for_run(run: Path, *, data: str | None = None, data_dir=None, test_limit: int | None = None,
-                 man: dict | None = None) -> data_mod.Dataset:
+def open_for_run(run, *, data: str | None = None, data_dir=None, test_limit: int | None = None) -> data_mod.Dataset:
     """The run's own data (as recorded in its manifest) or `data`, with the run's preprocessing."""
-    from exporter import manifest as mf
+    from exporter.run import Run
 
-    man = man or mf.read_manifest(run)
-    pp = run_preprocessing(man)
-    origin = man.get("dataset", {}).get("origin") or {}
+    run = Run.of(run)
+    pp = run.recorded_preprocessing
+    origin = run.data_origin
     if data is None:
-        spec = origin.get("path") or man.get("dataset", {}).get("name") or DEFAULT_DATASET
+        spec = origin.get("path") or run.dataset_name or DEFAULT_DATASET
         return open_data(spec, pp=pp, data_dir=data_dir, test_split=origin.get("test_split"),
                          calib_data=origin.get("calib_data"), test_limit=test_limit)
     return open_data(data, pp=pp, data_dir=data_dir, test_limit=test_limit)
