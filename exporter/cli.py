@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -24,7 +25,7 @@ from exporter import __version__
 from exporter import formats
 from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
                               warn)
-from exporter.quiet import show_native
+from exporter.quiet import hide_native_stderr_for_process, show_native
 
 app = typer.Typer(
     name="resexport",
@@ -115,6 +116,10 @@ def main_options(
 ):
     state["debug"] = debug
     show_native(debug)
+    if not debug:
+        hide_native_stderr_for_process()  # C++ log lines of TensorFlow/LiteRT/ONNX Runtime; Python's own stderr stays
+        if not verbose:
+            warnings.simplefilter("ignore")  # libraries' deprecation warnings are not the user's business
     state["custom_objects"] = list(custom_objects or [])
     if debug and _USER_TF_LOG_LEVEL is None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"

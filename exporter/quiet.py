@@ -41,3 +41,29 @@ def native_stderr_hidden() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def hide_native_stderr_for_process() -> bool:
+    """For the rest of a CLI process: file descriptor 2 goes to /dev/null, and Python's sys.stderr is
+    re-opened on a copy of the real fd 2. Everything Python writes (Rich's messages and progress bars,
+    logging, tracebacks) still reaches the terminal; what native libraries write to fd 2 from C/C++
+    (absl's pre-init warning, oneDNN and CUDA probes, LiteRT's XNNPACK line, the converter's
+    "fully_quantize" dump) does not, whichever command or library call triggers it. Child processes
+    inherit the silenced fd 2. Does nothing under --debug (show_native(True)) or when sys.stderr is not
+    fd 2 (a test runner capturing output). Returns whether it took effect."""
+    if _SHOW["native"]:
+        return False
+    try:
+        if sys.stderr.fileno() != 2:
+            return False
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # a replaced sys.stderr without a real fd
+        return False
+    python_stderr = os.fdopen(saved, "w", buffering=1, encoding=getattr(sys.stderr, "encoding", None) or "utf-8",
+                              errors="backslashreplace")
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = python_stderr
+    return True
