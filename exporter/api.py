@@ -91,10 +91,20 @@ def convert(model=None, *, run: Run | PathLike | None = None, data: PathLike | N
     run folder is made around it (at `run`, or artifacts/<name>-import-<data>-<time>) with `data`'s
     test and calibration images, preprocessed as the model needs (exporter.data.preprocessing.decide).
     Without a model, the existing run `run` (default: the newest) is converted."""
+    from exporter.data.select import one_scan
+
+    kinds = _kinds(format, quantize)
+    with one_scan():
+        return _convert(model, kinds, run=run, data=data, scale=scale, calib_samples=calib_samples, fallback=fallback,
+                        target_cpu=target_cpu, test_split=test_split, calib_data=calib_data, force=force,
+                        unsafe=unsafe, progress=progress)
+
+
+def _convert(model, kinds, *, run, data, scale, calib_samples, fallback, target_cpu, test_split, calib_data, force,
+             unsafe, progress) -> Run:
     from exporter.convert import convert as convert_stage, import_model
     from exporter.data.select import open_for_run
 
-    kinds = _kinds(format, quantize)
     if model is not None:
         with _model_file(model) as path:
             target = import_model(path, run=None if run is None else Path(run), data=None if data is None else str(data),

@@ -103,7 +103,10 @@ def boundary(fn=None, *, tensorflow: bool = False):
             if tensorflow:
                 import_tensorflow_quietly()
             import_custom_objects()
-            return fn(*args, **kwargs)
+            from exporter.data.select import one_scan
+
+            with one_scan():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except ResexportError as exc:

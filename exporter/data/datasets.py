@@ -72,13 +72,9 @@ class Dataset:
 
     @cached_property
     def content_hash(self) -> str:
-        """The identity of the images as fed (16 hex digits). Built-ins: the test split's float arrays and
-        labels (as before this property existed, so cached reference outputs stay valid). The user's own
-        data: every image's content (file bytes or array rows) and label in both splits, the class names,
-        the preprocessing and the subset taken."""
-        if self.is_builtin and not _is_lazy(self.x_test):
-            return hashlib.sha256(np.ascontiguousarray(self.x_test).tobytes()
-                                  + np.ascontiguousarray(self.y_test).tobytes()).hexdigest()[:16]
+        """The identity of the images as fed (16 hex digits), one formula for every source: every image's
+        content (file bytes, or array rows as stored) and label in both splits, the class names, the
+        preprocessing and the subset taken."""
         digest = hashlib.sha256()
         for part in (self.x_test, self.x_train):
             digest.update((part.content_hash() if _is_lazy(part) else
@@ -476,7 +472,7 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
             raise DataError(f"--calib-data {calib_data}: class '{bad[0]}' is not one of {spec}'s classes",
                             hint="use the same class folder names")
         parts = [s for s in (cal.train, cal.test) if s is not None]
-        train_items = parts[0].items if len(parts) == 1 else _Concat([p.items for p in parts])
+        train_items = parts[0].items if len(parts) == 1 else owndata.Concat([p.items for p in parts])
         labels = np.concatenate([p.labels for p in parts])
         if cal.kind == "folder":  # map the calibration folder's class order onto the test set's
             labels = np.asarray([src.class_names.index(cal.class_names[i]) for i in labels], np.int64)
@@ -491,34 +487,6 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
     name = (Path(spec).stem if Path(spec).suffix.lower() == ".npz" else Path(spec).name) or str(spec)
     return Dataset(name, x_train, y_train, x_test, src.test.labels, src.class_names, str(origin["path"]),
                    {}, origin, pp)
-
-
-class _Concat:
-    """Several item sources as one (a calibration folder's train/ and test/ together)."""
-
-    def __init__(self, parts):
-        self.parts = parts
-        self.offsets = np.cumsum([0] + [len(p) for p in parts])
-
-    def __len__(self):
-        return int(self.offsets[-1])
-
-    def _split(self, idx):
-        idx = np.asarray(idx, np.int64)
-        which = np.searchsorted(self.offsets, idx, side="right") - 1
-        return idx, which
-
-    def item_hashes(self, idx):
-        idx, which = self._split(idx)
-        return [self.parts[w].item_hashes([i - self.offsets[w]])[0] for i, w in zip(idx, which)]
-
-    def content_hash(self):
-        return hashlib.sha256("".join(p.content_hash() for p in self.parts).encode()).hexdigest()
-
-    def load(self, idx, pp):
-        idx, which = self._split(idx)
-        return np.concatenate([self.parts[w].load([i - self.offsets[w]], pp) for i, w in zip(idx, which)]) \
-            if len(idx) else np.empty((0, *pp.model_shape), np.float32)
 
 
 def scaled_builtin(ds: Dataset, pp) -> Dataset:

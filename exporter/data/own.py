@@ -28,6 +28,7 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -86,6 +87,19 @@ def _resize_array(img: np.ndarray, pp: Preprocessing) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ item sources
+
+class ItemSource(Protocol):
+    """What every source of images implements (FileItems, ArrayItems, a _Subset of one, a Concat of
+    several): LazyImages reads any of them the same way."""
+
+    def __len__(self) -> int: ...
+
+    def item_hashes(self, idx: np.ndarray) -> list[str]: ...  # sha256 of each item's stored content
+
+    def content_hash(self) -> str: ...                         # identity of all items, in order
+
+    def load(self, idx: np.ndarray, pp: Preprocessing) -> np.ndarray: ...  # decoded, preprocessed batch
+
 
 class FileItems:
     """Image files, hashed and header-checked once when opened; decoded on demand."""
@@ -385,6 +399,34 @@ class _Subset:
 
     def load(self, idx, pp):
         return self.items.load(self.idx[np.asarray(idx, np.int64)], pp)
+
+
+class Concat:
+    """Several item sources as one (a calibration folder's train/ and test/ together)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def _split(self, idx):
+        idx = np.asarray(idx, np.int64)
+        which = np.searchsorted(self.offsets, idx, side="right") - 1
+        return idx, which
+
+    def item_hashes(self, idx):
+        idx, which = self._split(idx)
+        return [self.parts[w].item_hashes([i - self.offsets[w]])[0] for i, w in zip(idx, which)]
+
+    def content_hash(self):
+        return hashlib.sha256("".join(p.content_hash() for p in self.parts).encode()).hexdigest()
+
+    def load(self, idx, pp):
+        idx, which = self._split(idx)
+        return np.concatenate([self.parts[w].load([i - self.offsets[w]], pp) for i, w in zip(idx, which)]) \
+            if len(idx) else np.empty((0, *pp.model_shape), np.float32)
 
 
 def open_folder(root: Path, *, test_split: float | None = None, seed: int = 0) -> Source:

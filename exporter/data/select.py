@@ -4,6 +4,7 @@ the images at train) and read back from the run's manifest by every later stage 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -23,15 +24,36 @@ def _check_spec(spec: str) -> None:
                          hint=f"choose one of: {', '.join(data_mod.DATASETS)}, or pass an image folder or .npz")
 
 
+_SCANNED: list[dict] = []  # the innermost one_scan() scope: (path, test_split) -> Source
+
+
+@contextlib.contextmanager
+def one_scan():
+    """Within this scope (one CLI command, one API call), each folder/.npz of the user's is scanned once,
+    however many times the command opens it (e.g. convert --model: to decide preprocessing, then to run)."""
+    _SCANNED.append({})
+    try:
+        yield
+    finally:
+        _SCANNED.pop()
+
+
 def open_source(spec: str | None, *, test_split: float | None = None):
-    """The user's folder/.npz scanned (hashed, headers checked) once; None for a built-in name."""
+    """The user's folder/.npz scanned (every file read, hashed, its header checked); once per one_scan()
+    scope. None for a built-in name."""
     spec = str(spec) if spec is not None else DEFAULT_DATASET
     _check_spec(spec)
     if data_mod.is_builtin_name(spec):
         return None
     from exporter.data.own import open_source as open_own_source
 
-    return open_own_source(Path(spec), test_split=test_split)
+    path = Path(spec)
+    if not _SCANNED:
+        return open_own_source(path, test_split=test_split)
+    key = (str(path.resolve()), test_split)
+    if key not in _SCANNED[-1]:
+        _SCANNED[-1][key] = open_own_source(path, test_split=test_split)
+    return _SCANNED[-1][key]
 
 
 def native_shape(spec: str | None, source=None) -> tuple | None:
@@ -64,8 +86,8 @@ def open_data(spec: str | None, *, pp: Preprocessing | None = None, scale: str |
         if pp is None and scale not in (None, "unit"):
             pp = Preprocessing(*ds.input_shape, scale, detected_by=f"--scale {scale}")
         return data_mod.scaled_builtin(ds, pp)
+    source = source or open_source(spec, test_split=test_split)
     if pp is None:
-        source = source or open_source(spec, test_split=test_split)
         if source.native_shape is None:
             raise UsageError(f"{spec}: cannot tell the image size")
         pp = Preprocessing(*source.native_shape, scale or "unit",
