@@ -23,6 +23,7 @@ from rich.markup import escape
 
 from exporter import __version__
 from exporter import formats
+from exporter.data.preprocessing import SCALE_HELP
 from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
                               warn)
 from exporter.quiet import hide_native_stderr_for_process, show_native
@@ -139,7 +140,7 @@ def train(
     dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
                                           "(default: the model's own dataset), or your own: an image folder (one "
                                           "sub-folder per class; train/ and test/ inside, or --test-split) or an .npz."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Your own data: " + "unit (0..1, default), symmetric (-1..1), raw (0..255) or imagenet (mean/std)" + "."),
+    scale: Optional[str] = typer.Option(None, "--scale", help=f"Your own data: {SCALE_HELP} (default unit)."),
     test_split: Optional[float] = TEST_SPLIT_OPT,
     recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
     epochs: Optional[int] = EPOCHS_OPT,
@@ -203,8 +204,9 @@ def convert(
                                           "fashion_mnist): a built-in name, an image folder (one sub-folder per class; "
                                           "train/ and test/ inside, or --test-split) or an .npz (x_test, y_test, "
                                           "optional x_train, y_train, class_names)."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="With --model: the input scaling the model expects: "
-                                        + "unit (0..1, default), symmetric (-1..1), raw (0..255) or imagenet (mean/std)" + ". Recorded in the run; later commands use it."),
+    scale: Optional[str] = typer.Option(None, "--scale", help=f"With --model: the input scale the model expects: "
+                                        f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
+                                        "model's input, else unit. Recorded in the run; later commands use it."),
     test_split: Optional[float] = TEST_SPLIT_OPT,
     calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="With --model and data without a train "
                                               "split: images to calibrate int8 on (folder or .npz; never test images)."),
