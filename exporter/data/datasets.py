@@ -16,7 +16,7 @@ import os
 import pickle
 import tarfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class Dataset:
     source: str = ""
     subset: dict = field(default_factory=dict)
     origin: dict = field(default_factory=dict)          # the user's own data: kind, path, split; {} for built-ins
-    preprocessing: Preprocessing | None = None           # applied to x_*; None: a built-in as loaded (0..1 HWC)
+    preprocessing: Preprocessing | None = None           # how x_* were made from the stored pixels
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -251,8 +251,9 @@ def _finish(name, x_train, y_train, x_test, y_test, class_names, source) -> Data
     y_test = np.asarray(y_test).astype(np.int64).reshape(-1)
     _check_split(f"{name} train split ({source})", x_train, y_train, len(class_names), image_shape)
     _check_split(f"{name} test split ({source})", x_test, y_test, len(class_names), image_shape)
+    pp = Preprocessing(*image_shape, "unit", detected_by=f"built-in {name}: pixel / 255 at its own size")
     return Dataset(name, _to_unit_float(x_train), y_train, _to_unit_float(x_test), y_test,
-                   tuple(class_names), source)
+                   tuple(class_names), source, preprocessing=pp)
 
 
 def _to_unit_float(x: np.ndarray) -> np.ndarray:
@@ -490,9 +491,11 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
 
 
 def scaled_builtin(ds: Dataset, pp) -> Dataset:
-    """A built-in dataset (float 0..1 arrays at its own size) with a non-default --scale applied."""
-    if pp is None or pp.is_identity:
+    """A built-in dataset (float 0..1 arrays at its own size) fed as `pp` decides (scale, input rank)."""
+    if pp is None:
         return ds
+    if pp.is_identity and tuple(pp.shape) == tuple(ds.input_shape):
+        return replace(ds, preprocessing=pp)
     if tuple(pp.shape) != tuple(ds.input_shape):
         raise UsageError(f"{ds.name} images are {tuple(ds.input_shape)}, the model takes {tuple(pp.shape)}",
                          hint="built-in datasets are not resized; pass the matching --data")
