@@ -18,6 +18,37 @@ from hypothesis import settings
 
 from exporter import data
 
+# Lower kernel paths (.ci/run's second pass over the tests marked `kernels`): TensorFlow's oneDNN
+# honours ONEDNN_MAX_CPU_ISA=AVX2 by itself; LiteRT has no such switch, so RESEXPORT_TEST_TFLITE_RESOLVER
+# (an ai_edge_litert OpResolverType name, e.g. BUILTIN_WITHOUT_DEFAULT_DELEGATES: the built-in
+# kernels, no XNNPACK; BUILTIN_REF: the reference kernels) makes every Interpreter this process
+# creates use it. A test that holds only on one kernel path shows up on any machine.
+TFLITE_RESOLVER_ENV = "RESEXPORT_TEST_TFLITE_RESOLVER"
+
+
+def _force_tflite_resolver(name: str) -> None:
+    import ai_edge_litert.interpreter as litert
+
+    resolver = getattr(litert.OpResolverType, name)
+    base = litert.Interpreter
+
+    class Interpreter(base):  # what exporter/runtimes and exporter/inspect create
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("experimental_op_resolver_type", resolver)
+            super().__init__(*args, **kwargs)
+
+    litert.Interpreter = Interpreter
+
+
+if os.environ.get(TFLITE_RESOLVER_ENV):
+    _force_tflite_resolver(os.environ[TFLITE_RESOLVER_ENV])
+
+
+def pytest_report_header(config):
+    return [f"kernel paths: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(default)')}, "
+            f"LiteRT resolver={os.environ.get(TFLITE_RESOLVER_ENV, '(default: XNNPACK)')}"]
+
+
 # The fuzzers explore new random inputs on every local run; under CI (CI=true, set by .ci/run) they
 # replay a fixed derandomized sequence, so a red CI always means a change, never a lucky draw.
 settings.register_profile("ci", derandomize=True, print_blob=True)

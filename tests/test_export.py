@@ -21,6 +21,7 @@ from tests.conftest import BLOCK_TF
 KINDS = [k.name for k in formats.EXPORTABLE]
 
 
+@pytest.mark.kernels
 def test_every_kind_passes_validation_on_the_full_test_set(converted_run, fmnist):
     result = CliRunner().invoke(app, ["validate", "--run", str(converted_run), "--json"])
     assert result.exit_code == 0, result.output
@@ -52,6 +53,7 @@ def test_manifest_records_each_artifact(converted_run):
     assert man["artifacts"]["onnx-fp32"]["inputs"][0]["shape"][0] == "batch"
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("kind", KINDS)
 def test_batch_1_and_batch_n_agree(converted_run, fmnist_small, kind):
     runner = load_runner(converted_run / formats.get(kind).filename, kind=kind)
@@ -74,6 +76,7 @@ class RawTFLiteRunner(TFLiteRunner):  # a test double
         return (y.astype(np.float32) - self._out_q["zero_point"]) * self._out_q["scale"] if self._out_q else y
 
 
+@pytest.mark.kernels
 def test_int8_fed_without_input_quantisation_is_caught(converted_run, fmnist):
     raw = RawTFLiteRunner.load(converted_run / "model_int8.tflite")
     report = validate(run=converted_run, dataset=fmnist, kinds=["tflite-int8"], runners={"tflite-int8": raw})
@@ -81,6 +84,7 @@ def test_int8_fed_without_input_quantisation_is_caught(converted_run, fmnist):
     assert any("agreement" in f for f in report["artifacts"][0]["failures"])
 
 
+@pytest.mark.kernels
 def test_perturbed_weights_fail_with_exit_4(converted_run, tmp_path):
     import onnx
 

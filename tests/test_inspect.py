@@ -114,6 +114,7 @@ def swamped_run(resmini_keras, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 @pytest.mark.parametrize("kind", ["tflite-int8", "onnx-int8"])
 def test_fallback_auto_makes_a_failing_int8_model_pass(swamped_run, tmp_path, kind):
     """Plain int8 of the swamped model fails the real gate by a wide margin; `convert --fallback auto`
@@ -157,6 +158,7 @@ def test_fallback_auto_makes_a_failing_int8_model_pass(swamped_run, tmp_path, ki
 
 
 @pytest.mark.slow
+@pytest.mark.kernels
 def test_fallback_auto_says_when_even_all_float_fails(resmini_keras, tmp_path):
     """A model whose probabilities all sit within 1e-3 of 0.1 (the last Dense scaled by 1e-3): TFLite's
     int8 softmax output has a fixed 1/256 step, so the output quantisation alone flattens every image
