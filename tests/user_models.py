@@ -169,6 +169,7 @@ def make(name: str, folder: Path, x_train: np.ndarray, y_train: np.ndarray, *, e
     path = folder / f"{name}.keras"
     if not include_optimizer:  # .keras has no include_optimizer: save an uncompiled twin with the same weights
         twin = BUILDERS[name]()
+        twin(np.zeros((1, *INPUT_SHAPE), np.float32))  # a subclassed model makes its weights on the first call
         _set_bn_momentum(twin, 0.5)
         twin.set_weights(model.get_weights())
         model = twin
