@@ -402,22 +402,27 @@ def private_tempdir(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.parametrize("old", ["absent", "present"])
 @pytest.mark.parametrize("fault", ["ENOSPC", "Ctrl-C"])
-def test_fault_while_writing_an_artifact_leaves_nothing_behind(run_copy, monkeypatch, private_tempdir, fault):
-    (run_copy / "model_fp32.tflite").unlink()  # make convert export it again
+def test_fault_while_writing_an_artifact_leaves_nothing_behind(run_copy, monkeypatch, private_tempdir, fault, old):
+    """absent: the artifact is exported anew; present: it is replaced (--force), and the old file must
+    survive the failed write byte for byte (README: the old file is untouched)."""
+    if old == "absent":
+        (run_copy / "model_fp32.tflite").unlink()  # make convert export it again
     manifest_before = (run_copy / mf.MANIFEST).read_bytes()
     others_before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if fault == "ENOSPC" else KeyboardInterrupt()
     hits = _fail_while_writing(monkeypatch, "model_fp32.tflite", exc)
 
-    result = cli("convert", "--run", run_copy, "--format", "tflite", "--quantize", "none")
+    result = cli("convert", "--run", run_copy, "--format", "tflite", "--quantize", "none",
+                 *(["--force"] if old == "present" else []))
     assert hits, "the fault was never injected"
     if fault == "ENOSPC":
         assert_fails(result, 6, str(run_copy / "model_fp32.tflite"), "No space left on device",
                      todo="check the free space")
     else:
         assert_fails(result, 130, "interrupted", todo="nothing half-written was left behind")
-    assert not (run_copy / "model_fp32.tflite").exists()
+    assert (run_copy / "model_fp32.tflite").exists() == (old == "present")  # others_before compares its bytes
     assert temp_files(run_copy) == [] and not any(p.exists() for p in hits)
     assert (run_copy / mf.MANIFEST).read_bytes() == manifest_before
     mf.read_manifest(run_copy)  # still valid
