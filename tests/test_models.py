@@ -90,8 +90,17 @@ def test_models_build_and_train_under_jax_without_tensorflow(tmp_path):
         "from exporter import data, train, manifest\n"
         "ds = data.load_dataset('fashion_mnist', train_limit=300, test_limit=100)\n"
         "res = train.train(model_name='resmini', dataset=ds, run=sys.argv[1], recipe=replace(train.RECIPES['fast'], epochs=1))\n"
+        "import json, keras, numpy as np\n"
+        "man = manifest.read_manifest(res.run)\n"
+        "again = keras.saving.load_model(res.run / 'model.keras')  # the run's model, reloaded, scores what it recorded\n"
+        "p = keras.ops.convert_to_numpy(again.predict(ds.x_test, verbose=0))\n"
+        "acc = float((p.argmax(1) == ds.y_test).mean())\n"
+        "assert np.isfinite(p).all() and abs(acc - man['training']['test_accuracy']) <= 1 / len(ds.y_test), acc\n"
+        "hist = json.loads((res.run / 'history.json').read_text())\n"
+        "assert [h['epoch'] for h in hist] == [1] and np.isfinite(hist[0]['loss'])\n"
+        "assert man['model']['sha256'] and man['artifacts'] == {}\n"
         "assert 'tensorflow' not in sys.modules\n"
-        "print('ok', len(m.MODELS), manifest.read_manifest(res.run)['training']['backend'])\n")
+        "print('ok', len(m.MODELS), man['training']['backend'])\n")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
                           env=env, timeout=600)
