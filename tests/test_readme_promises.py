@@ -273,3 +273,52 @@ def test_a_sample_that_misses_by_its_point_estimate_but_not_its_interval_passes(
     [row] = json.loads(r.stdout)["artifacts"]
     assert 73 <= row["agreement"] < 85 and row["agreement_ci95"][1] >= 85, row["agreement_ci95"]
     assert r.exit_code == 0 and row["passed"], row["failures"]
+
+
+# ------------------------------------------------------------------ identity by content
+
+def test_changing_the_images_makes_convert_and_validate_redo_their_work(tmp_path):
+    """README, identity by content: the data's content hash keys the reference outputs and the int8
+    calibration. After a changed test image validate computes the reference again; after a changed
+    test or training image the int8 artifact no longer counts as made from this data (replaced only
+    with --force), the float ones stay up to date."""
+    from PIL import Image
+
+    from tests.owndata_helpers import shape_image, write_folder
+    from tests.test_own_data import OWN_MODELS
+
+    folder = write_folder(tmp_path / "shapes")
+    run = tmp_path / "run"
+    r = cli("convert", "--model", OWN_MODELS / "softmax_unit.keras", "--data", folder, "--run", run,
+            "--format", "tflite", "--quantize", "all", "--json")
+    assert r.exit_code == 0, r.output
+
+    def validated():
+        r = cli("validate", "--run", run, "--json")
+        assert r.exit_code == 0, r.output
+        with np.load(run / "reference_outputs.npz") as npz:
+            cached = str(npz["test_hash"])
+        return json.loads(r.stdout)["dataset"]["content_hash"], cached
+
+    def replace_one(split):
+        victim = sorted((folder / split / "red_bar").glob("*.png"))[0]
+        Image.fromarray(shape_image("red_bar", np.random.default_rng(len(split)))).save(victim)  # unlike any other
+
+    first, cached = validated()
+    assert cached == first == mf.read_manifest(run)["dataset"]["content_hash"]
+    replace_one("test")
+    second, cached = validated()
+    assert second != first and cached == second  # the reference was computed again for the new images
+
+    def convert_refuses_int8_only():
+        refused = cli("convert", "--run", run, "--format", "tflite", "--quantize", "all")
+        assert refused.exit_code == 2 and "model_int8.tflite" in refused.output, refused.output
+        assert "model_fp32" not in refused.output and "model_fp16" not in refused.output
+        redo = cli("convert", "--run", run, "--format", "tflite", "--quantize", "int8", "--force", "--json")
+        assert redo.exit_code == 0 and json.loads(redo.stdout)["artifacts"][0]["status"] == "written"
+        again = cli("convert", "--run", run, "--format", "tflite", "--quantize", "all", "--json")
+        assert {a["status"] for a in json.loads(again.stdout)["artifacts"]} == {"up to date"}
+
+    convert_refuses_int8_only()  # the test image: the data's hash is part of the calibration's
+    replace_one("train")  # a calibration image
+    convert_refuses_int8_only()
