@@ -3,7 +3,7 @@
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: setup setup-dev data demo test bench
+.PHONY: setup setup-dev data demo test test-lower-kernels bench
 
 data:
 	@bash scripts/get-data.sh
@@ -19,6 +19,10 @@ demo: setup
 
 test: setup-dev
 	$(PYTHON) -m pytest -q
+
+# The tests marked `kernels` again, on lower kernel paths: oneDNN at most AVX2, LiteRT without XNNPACK.
+test-lower-kernels: setup-dev
+	ONEDNN_MAX_CPU_ISA=AVX2 RESEXPORT_TEST_TFLITE_RESOLVER=BUILTIN_WITHOUT_DEFAULT_DELEGATES $(PYTHON) -m pytest -q -m kernels
 
 bench: setup
 	$(PYTHON) benchmarks/run_all.py

@@ -18,6 +18,37 @@ from hypothesis import settings
 
 from exporter import data
 
+# Lower kernel paths (.ci/run's second pass over the tests marked `kernels`): TensorFlow's oneDNN
+# honours ONEDNN_MAX_CPU_ISA=AVX2 by itself; LiteRT has no such switch, so RESEXPORT_TEST_TFLITE_RESOLVER
+# (an ai_edge_litert OpResolverType name, e.g. BUILTIN_WITHOUT_DEFAULT_DELEGATES: the built-in
+# kernels, no XNNPACK; BUILTIN_REF: the reference kernels) makes every Interpreter this process
+# creates use it. A test that holds only on one kernel path shows up on any machine.
+TFLITE_RESOLVER_ENV = "RESEXPORT_TEST_TFLITE_RESOLVER"
+
+
+def _force_tflite_resolver(name: str) -> None:
+    import ai_edge_litert.interpreter as litert
+
+    resolver = getattr(litert.OpResolverType, name)
+    base = litert.Interpreter
+
+    class Interpreter(base):  # what exporter/runtimes and exporter/inspect create
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("experimental_op_resolver_type", resolver)
+            super().__init__(*args, **kwargs)
+
+    litert.Interpreter = Interpreter
+
+
+if os.environ.get(TFLITE_RESOLVER_ENV):
+    _force_tflite_resolver(os.environ[TFLITE_RESOLVER_ENV])
+
+
+def pytest_report_header(config):
+    return [f"kernel paths: ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(default)')}, "
+            f"LiteRT resolver={os.environ.get(TFLITE_RESOLVER_ENV, '(default: XNNPACK)')}"]
+
+
 # The fuzzers explore new random inputs on every local run; under CI (CI=true, set by .ci/run) they
 # replay a fixed derandomized sequence, so a red CI always means a change, never a lucky draw.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -37,10 +68,31 @@ def fmnist_small(fmnist) -> data.Dataset:
     return data.subset(fmnist, train_limit=10000, test_limit=1000)
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+RESMINI_KERAS = FIXTURES / "resmini_fmnist.keras"
+"""resmini trained 3 epochs on the real 10000-image slice (tests/fixtures/make_fixtures.py), ~85%
+test accuracy: confident enough that int8 agreement is a meaningful check. Committed, so the numbers
+tests assert about it are the same on every CPU (training is not bit-identical across instruction sets)."""
+
+
+@pytest.fixture(scope="session")
+def resmini_keras() -> Path:
+    """The committed trained model file (read-only: copy it before changing it)."""
+    return RESMINI_KERAS
+
+
+@pytest.fixture(scope="session")
+def resmini_run(tmp_path_factory, fmnist) -> Path:
+    """A run folder made around the committed trained model (`convert --model`), no artifacts yet."""
+    from exporter.convert import import_model
+
+    return import_model(RESMINI_KERAS, run=tmp_path_factory.mktemp("runs") / "resmini-fixture", dataset=fmnist)
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, fmnist_small):
-    """resmini trained 3 epochs on the real slice: the model later stages convert and validate.
-    (~85% test accuracy: confident enough that int8 agreement is a meaningful check.)"""
+    """resmini trained 3 epochs on the real slice, in this session: for the tests of training itself.
+    Tests that assert numbers of a trained model use the committed fixture (resmini_run) instead."""
     from exporter.train import RECIPES, train
     from dataclasses import replace
 
@@ -96,14 +148,19 @@ def write_cifar_folder(folder: Path, per_batch=20, seed=0) -> tuple[Path, dict]:
 
 
 @pytest.fixture(scope="session")
-def converted_run(trained_run, fmnist):
-    """The trained run with every artifact kind exported (once per test session)."""
+def converted_run(resmini_run, fmnist):
+    """The committed trained model's run with every artifact kind exported and validated once per
+    test session. Validating here writes the cached reference outputs (reference_outputs.npz) that an
+    edge box without TensorFlow needs, so no test depends on another having validated first.
+    Tests that change the run copy it first (run_copy)."""
     from exporter import formats
     from exporter.convert import convert
+    from exporter.validate import validate
 
-    status = convert(run=trained_run.run, kinds=formats.select("all", "all"), dataset=fmnist)
+    status = convert(run=resmini_run, kinds=formats.select("all", "all"), dataset=fmnist)
     assert set(status) == {k.name for k in formats.EXPORTABLE}
-    return trained_run.run
+    validate(run=resmini_run, dataset=fmnist, kinds=["tflite-fp32"])  # computes and caches the reference
+    return resmini_run
 
 
 def block_imports_code(*modules: str) -> str:

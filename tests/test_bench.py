@@ -76,7 +76,8 @@ def test_bench_json_schema(converted_run, fmnist_small):
             "threads", "precision", "speedup_vs_keras_predict", "speedup_vs_keras_compiled"}
     for r in rep["results"]:
         assert keys <= set(r), keys - set(r)
-        assert r["runs"] >= 3 and r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"]
+        assert r["runs"] >= 3 and r["p50_ms"] > 0 and r["batch"] in (1, 4)
+        assert r["throughput_ips"] == pytest.approx(r["batch"] * 1000 / r["mean_ms"], rel=1e-6)  # one row, one timing
     env = rep["environment"]
     assert env["cores"] >= 1 and env["cpu"] and "onnxruntime" in env["versions"]
     assert rep["skipped"] == []
@@ -85,15 +86,68 @@ def test_bench_json_schema(converted_run, fmnist_small):
     assert {r["threads"] for r in runtimes} == {physical_cores()} == {rep["config"]["threads"]}
     # Keras: TensorFlow takes a thread count only before it starts; the row says what it really uses
     assert all(isinstance(r["threads"], int) and r["threads"] >= 1 for r in rep["results"] if r["engine"] == "keras")
-    assert env["physical_cores"] == physical_cores() and "AVX2" in env["cpu_int8"]["isa"]
+    real = int8_features()
+    assert env["physical_cores"] == physical_cores()
+    assert env["cpu_int8"] == {"summary": real["summary"], "flags": real["flags"], "isa": real["isa"]}
 
 
-def test_bench_threads_flag_reaches_every_runner(converted_run, fmnist_small):
+def _threads_now() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.parametrize("kind", ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"])
+def test_threads_reach_the_runtime_and_are_read_back(converted_run, fmnist_small, kind):
+    """The thread count is read back from the runtime, not echoed: ONNX Runtime's session options, and
+    for both the worker threads the runtime really started (a pool of N uses the caller plus N-1)."""
+    from exporter import formats
+    from exporter.runtimes import load_runner
+
+    path = converted_run / formats.get(kind).filename
+    x = fmnist_small.x_test[:4]
+    warm = load_runner(path, kind=kind, threads=1)  # the runtime's own one-off threads start here
+    warm.predict(x)
+    for threads in (1, 5):
+        before = _threads_now()
+        runner = load_runner(path, kind=kind, threads=threads)
+        runner.predict(x)
+        started = _threads_now() - before
+        if kind.startswith("onnx"):
+            assert runner.session.get_session_options().intra_op_num_threads == threads
+        runner.close()
+        assert started == threads - 1, (kind, threads, started)
+    warm.close()
+
+
+def test_bench_threads_flag_reaches_every_runner(converted_run, fmnist_small, monkeypatch):
+    """--threads goes from the bench config to every runner's load (spied), and into each row."""
+    from exporter.runtimes.onnx import OnnxRunner
+    from exporter.runtimes.tflite import TFLiteRunner
+
+    asked = []
+    for cls in (TFLiteRunner, OnnxRunner):
+        original = cls.load.__func__
+        monkeypatch.setattr(cls, "load", classmethod(
+            lambda c, path, *a, _orig=original, **kw: asked.append((c.__name__, kw.get("threads"))) or _orig(c, path, *a, **kw)))
     cfg = BenchConfig(batches=(1,), warmup=0, min_runs=1, min_time=0.0, threads=1)
     rep = bench(run=converted_run, dataset=fmnist_small, cfg=cfg, kinds=["tflite-fp32", "onnx-fp32"],
                 include_reference=False, write=False)
     assert [r["threads"] for r in rep["results"]] == [1, 1]
+    assert {name for name, _ in asked} == {"TFLiteRunner", "OnnxRunner"} and {t for _, t in asked} == {1}
     assert rep["results"][0]["provider"].startswith("XNNPACK")
+
+
+def test_bench_environment_reads_the_instruction_sets_from_cpuinfo(monkeypatch):
+    """The bench header's int8 instruction sets come from /proc/cpuinfo: a fake one decides them."""
+    from exporter import cpuinfo
+    from exporter.bench import environment
+
+    monkeypatch.setattr(cpuinfo, "_read_cpuinfo", lambda: FAKE_CPUINFO)
+    vnni = environment("cpu")["cpu_int8"]
+    assert vnni["isa"]["VNNI"] and vnni["isa"]["AMX"] and "no VNNI" not in vnni["summary"]
+    assert "avx512_vnni" in vnni["flags"]
+    monkeypatch.setattr(cpuinfo, "_read_cpuinfo", lambda: FAKE_CPUINFO.replace(" avx512f avx512bw avx512vl avx512_vnni amx_tile amx_int8", ""))
+    avx2 = environment("cpu")["cpu_int8"]
+    assert avx2["summary"] == "AVX2, no VNNI" and not avx2["isa"]["VNNI"] and avx2["flags"] == ["avx2"]
 
 
 def _fake_cpuinfo(cpus: list[tuple[int, int]]) -> str:

@@ -63,10 +63,10 @@ def run_copy(converted_run, tmp_path):
 
 
 @pytest.fixture
-def keras_file(trained_run, tmp_path):
+def keras_file(resmini_keras, tmp_path):
     """A copy of the trained model as a user's .keras file."""
     path = tmp_path / "user.keras"
-    shutil.copy2(trained_run.run / "model.keras", path)
+    shutil.copy2(resmini_keras, path)
     return path
 
 
@@ -123,16 +123,16 @@ def test_validate_missing_artifact_file(run_copy):
 
 # ------------------------------------------------------------------------------ 2-5. bad model files
 
-def _savedmodel_without_variables(tmp_path, trained_run):
+def _savedmodel_without_variables(tmp_path, model_path):
     import keras
 
     folder = tmp_path / "sm"
-    keras.saving.load_model(trained_run.run / "model.keras").export(str(folder), verbose=False)
+    keras.saving.load_model(model_path).export(str(folder), verbose=False)
     shutil.rmtree(folder / "variables")
     return folder
 
 
-MODEL_CASES = {  # name -> (make(tmp_path, good_bytes, trained_run) -> path, what it says, advice)
+MODEL_CASES = {  # name -> (make(tmp_path, good_bytes, model_path) -> path, what it says, advice)
     "empty.keras": (lambda t, good, tr: _write(t / "empty.keras", b""), "is empty", "restore the model file"),
     "truncated.keras": (lambda t, good, tr: _write(t / "truncated.keras", good[: len(good) // 2]),
                         "truncated or corrupt", "re-create it"),
@@ -149,19 +149,19 @@ def _write(path, raw: bytes):
     return path
 
 
-def _truncated_h5(tmp_path, trained_run):
+def _truncated_h5(tmp_path, model_path):
     import keras
 
     full = tmp_path / "full.h5"
-    keras.saving.load_model(trained_run.run / "model.keras").save(full)
+    keras.saving.load_model(model_path).save(full)
     raw = full.read_bytes()
     return _write(tmp_path / "truncated.h5", raw[: len(raw) // 2])
 
 
 @pytest.mark.parametrize("case", list(MODEL_CASES))
-def test_convert_bad_model_file_is_bad_input(tmp_path, trained_run, case):
+def test_convert_bad_model_file_is_bad_input(tmp_path, resmini_keras, case):
     make, says, todo = MODEL_CASES[case]
-    model = make(tmp_path, (trained_run.run / "model.keras").read_bytes(), trained_run)
+    model = make(tmp_path, resmini_keras.read_bytes(), resmini_keras)
     run = tmp_path / "new-run"
     result = cli("convert", "--model", model, "--run", run, "--format", "tflite", "--quantize", "none")
     assert_fails(result, 3, str(model), says, todo=todo)
@@ -225,10 +225,10 @@ def test_unregistered_custom_layer_is_bad_input(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_nan_weights_are_bad_input(tmp_path, trained_run):
+def test_nan_weights_are_bad_input(tmp_path, resmini_keras):
     import keras
 
-    model = keras.saving.load_model(trained_run.run / "model.keras")
+    model = keras.saving.load_model(resmini_keras)
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     kernel = np.array(conv.kernel)
     kernel[0, 0, 0, 0] = np.nan
@@ -402,22 +402,27 @@ def private_tempdir(tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.parametrize("old", ["absent", "present"])
 @pytest.mark.parametrize("fault", ["ENOSPC", "Ctrl-C"])
-def test_fault_while_writing_an_artifact_leaves_nothing_behind(run_copy, monkeypatch, private_tempdir, fault):
-    (run_copy / "model_fp32.tflite").unlink()  # make convert export it again
+def test_fault_while_writing_an_artifact_leaves_nothing_behind(run_copy, monkeypatch, private_tempdir, fault, old):
+    """absent: the artifact is exported anew; present: it is replaced (--force), and the old file must
+    survive the failed write byte for byte (README: the old file is untouched)."""
+    if old == "absent":
+        (run_copy / "model_fp32.tflite").unlink()  # make convert export it again
     manifest_before = (run_copy / mf.MANIFEST).read_bytes()
     others_before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
     exc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if fault == "ENOSPC" else KeyboardInterrupt()
     hits = _fail_while_writing(monkeypatch, "model_fp32.tflite", exc)
 
-    result = cli("convert", "--run", run_copy, "--format", "tflite", "--quantize", "none")
+    result = cli("convert", "--run", run_copy, "--format", "tflite", "--quantize", "none",
+                 *(["--force"] if old == "present" else []))
     assert hits, "the fault was never injected"
     if fault == "ENOSPC":
         assert_fails(result, 6, str(run_copy / "model_fp32.tflite"), "No space left on device",
                      todo="check the free space")
     else:
         assert_fails(result, 130, "interrupted", todo="nothing half-written was left behind")
-    assert not (run_copy / "model_fp32.tflite").exists()
+    assert (run_copy / "model_fp32.tflite").exists() == (old == "present")  # others_before compares its bytes
     assert temp_files(run_copy) == [] and not any(p.exists() for p in hits)
     assert (run_copy / mf.MANIFEST).read_bytes() == manifest_before
     mf.read_manifest(run_copy)  # still valid

@@ -2,7 +2,7 @@
 
 import json
 import shutil
-from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +11,7 @@ from typer.testing import CliRunner
 from exporter import formats
 from exporter import manifest as mf
 from exporter.cli import app
-from exporter.convert import convert
 from exporter.inspect import channel_noise_to_signal, inspect
-from exporter.validate import validate
 
 
 def _tflite_tensor_names(path):
@@ -77,34 +75,106 @@ def test_inspect_cli_json_and_bad_artifact(converted_run):
     assert len(lines) == 1 and "not a calibrated int8 kind" in lines[0] and "tflite-int8" in lines[0]
 
 
-@pytest.mark.slow
-def test_fallback_auto_makes_a_failing_int8_model_pass(converted_run, fmnist, tmp_path, monkeypatch):
-    """resmini passes the real int8 gate, so the test tightens it until plain int8 fails: what
-    --fallback sees for plain12 (benchmarks/results/int8_fallback.md), on a model that converts in seconds."""
-    run = tmp_path / "run"
-    shutil.copytree(converted_run, run)
-    measured = validate(run=run, dataset=fmnist, kinds=["tflite-int8"])["artifacts"][0]["agreement"]
-    assert measured <= 99.2, f"plain int8 agrees {measured}%: too close to 100% to tighten the gate below it"
-    strict = formats.Gates(min_agreement=round(measured + 0.15, 2), max_drop=1.0)  # just above what plain int8 gets
-    kind = replace(formats.get("tflite-int8"), gates=strict)
-    monkeypatch.setitem(formats.KINDS, "tflite-int8", kind)  # validate reads the same table
-    plain = validate(run=run, dataset=fmnist, kinds=["tflite-int8"])
-    assert not plain["passed"], "the tightened gate must fail plain int8 for this test to mean anything"
-    assert "inspect --artifact tflite-int8" in plain["artifacts"][0]["hint"]
+SWAMPED_LAYER = "stage2_block1_relu1"  # read only by stage2_block1_conv2: its range swamps nothing downstream
 
-    status = convert(run=run, kinds=[kind], dataset=fmnist, calib_samples=100, force=True, fallback="auto")
-    assert status == {"tflite-int8": "written"}
-    entry = mf.read_manifest(run)["artifacts"]["tflite-int8"]
+
+def swamped_model(source: Path, out: Path, offset: float = 2000.0) -> Path:
+    """The committed trained model with one channel of one activation set to swamp the rest: bn1's
+    beta for that channel is `offset`, so the ReLU output's range is ~[0, offset] while every other
+    channel stays within a few units; conv2 no longer reads the channel (its weights are zeroed), so
+    the float model barely changes. A per-tensor int8 activation scale then rounds the other channels
+    to one or two steps: plain int8 fails the real agreement gate on any CPU, by tens of points, and
+    keeping that one layer in float fixes it. Deterministic: weights set, nothing trained."""
+    import keras
+
+    model = keras.saving.load_model(source)
+    bn = model.get_layer("stage2_block1_bn1")
+    conv2 = model.get_layer("stage2_block1_conv2")
+    kernel = np.array(conv2.kernel)
+    c = int(np.argmin(np.abs(kernel).sum(axis=(0, 1, 3))))  # the input channel conv2 needs least
+    beta = np.array(bn.beta)
+    beta[c] = offset
+    bn.beta.assign(beta)
+    kernel[:, :, c, :] = 0.0
+    conv2.kernel.assign(kernel)
+    model.save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def swamped_run(resmini_keras, tmp_path_factory):
+    """A run around the swamped model with plain int8 TFLite and ONNX, converted through the CLI."""
+    folder = tmp_path_factory.mktemp("swamped")
+    model = swamped_model(resmini_keras, folder / "swamped.keras")
+    run = folder / "run"
+    r = CliRunner().invoke(app, ["convert", "--model", str(model), "--run", str(run), "--format", "all",
+                                 "--quantize", "int8", "--json"])
+    assert r.exit_code == 0, r.output
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.kernels
+@pytest.mark.parametrize("kind", ["tflite-int8", "onnx-int8"])
+def test_fallback_auto_makes_a_failing_int8_model_pass(swamped_run, tmp_path, kind):
+    """Plain int8 of the swamped model fails the real gate by a wide margin; `convert --fallback auto`
+    keeps the swamped layer in float and the same kind then passes the same gate."""
+    run = tmp_path / "run"
+    shutil.copytree(swamped_run, run)
+    validate_args = ["validate", "--run", str(run), "--artifacts", kind, "--test-limit", "2000", "--json"]
+    plain = CliRunner().invoke(app, validate_args)
+    assert plain.exit_code == 4, plain.output
+    [row] = json.loads(plain.stdout)["artifacts"]
+    gate = formats.get(kind).gates.min_agreement
+    assert row["agreement_ci95"][1] < gate - 20, row["agreement"]  # fails by tens of points, on any CPU
+    assert f"inspect --artifact {kind}" in row["hint"]
+
+    family = kind.split("-")[0]
+    convert_args = ["convert", "--run", str(run), "--format", family, "--quantize", "int8", "--fallback", "auto"]
+    refused = CliRunner().invoke(app, convert_args)  # a different artifact: replaced only with --force
+    assert refused.exit_code != 0 and "--force" in refused.output
+    r = CliRunner().invoke(app, [*convert_args, "--force", "--json"])
+    assert r.exit_code == 0, r.output
+    entry = mf.read_manifest(run)["artifacts"][kind]
     assert entry["fallback"] == "auto" and entry["float_layers"]
-    names = _tflite_tensor_names(run / "model_int8.tflite")
+    names = _tflite_tensor_names(run / entry["file"]) if family == "tflite" else _onnx_node_names(run / entry["file"])
     assert set(entry["float_layers"]) <= names
-    assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
+    if family == "tflite":
+        assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
     search = entry["fallback_search"]
     assert search["chosen"]["passed"] and search["trials"][0]["float_set"] == 0 and not search["trials"][0]["passed"]
+    assert search["trials"][0]["agreement"] < gate - 20
     assert len(search["trials"]) < search["ranked_layers"]  # guided, not one trial per layer
+    assert len(entry["float_layers"]) <= 4, entry["float_layers"]  # one layer: its op and the ops reading it
+    if family == "tflite":  # TFLite keeps Keras' names; tf2onnx's are counters
+        assert any("stage2_block1" in name for name in entry["float_layers"]), entry["float_layers"]
 
-    after = validate(run=run, dataset=fmnist, kinds=["tflite-int8"])  # same kind name, same file
-    assert after["passed"], after["artifacts"][0]["failures"]
-    # asking again with the same settings keeps it; without --fallback it is a different artifact
-    assert convert(run=run, kinds=[kind], dataset=fmnist, calib_samples=100, fallback="auto") == \
-        {"tflite-int8": "up to date"}
+    after = CliRunner().invoke(app, validate_args)  # same kind name, same file, the real gate
+    assert after.exit_code == 0, after.output
+    assert json.loads(after.stdout)["artifacts"][0]["agreement"] >= gate
+    # asking again with the same settings keeps it
+    again = CliRunner().invoke(app, [*convert_args, "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["artifacts"][0]["status"] == "up to date"
+
+
+@pytest.mark.slow
+@pytest.mark.kernels
+def test_fallback_auto_says_when_even_all_float_fails(resmini_keras, tmp_path):
+    """A model whose probabilities all sit within 1e-3 of 0.1 (the last Dense scaled by 1e-3): TFLite's
+    int8 softmax output has a fixed 1/256 step, so the output quantisation alone flattens every image
+    and no set of float layers can pass. The search must say so in one line and write nothing."""
+    import keras
+
+    model = keras.saving.load_model(resmini_keras)
+    dense = model.get_layer("probabilities")
+    dense.kernel.assign(np.array(dense.kernel) * 1e-3)
+    dense.bias.assign(np.array(dense.bias) * 1e-3)
+    model.save(tmp_path / "flat.keras")
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["convert", "--model", str(tmp_path / "flat.keras"), "--run", str(run),
+                                 "--format", "tflite", "--quantize", "int8", "--fallback", "auto"])
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.exit_code not in (0, 1) and len(lines) == 1, r.output  # TODO: exit 70 ("internal") today, see report
+    assert "even with all" in lines[0] and "input/output quantisation" in lines[0]
+    assert not (run / "model_int8.tflite").exists()
+    assert "tflite-int8" not in mf.read_manifest(run)["artifacts"]

@@ -1,4 +1,6 @@
+import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -82,7 +84,7 @@ def test_input_shape_and_classes_come_from_the_dataset():
 
 def test_models_build_and_train_under_jax_without_tensorflow(tmp_path):
     """The GPU path is Keras 3 on JAX with no TensorFlow installed: every model must build there,
-    and training must write a complete run folder."""
+    training must write a complete run folder, and the depth study's command must run as is."""
     code = BLOCK_TF + (
         "import exporter.models as m, sys\n"
         "for n in m.MODELS: m.build_model(n, (32, 32, 3) if m.MODELS[n].dataset == 'cifar10' else (28, 28, 1), 10)\n"
@@ -90,11 +92,29 @@ def test_models_build_and_train_under_jax_without_tensorflow(tmp_path):
         "from exporter import data, train, manifest\n"
         "ds = data.load_dataset('fashion_mnist', train_limit=300, test_limit=100)\n"
         "res = train.train(model_name='resmini', dataset=ds, run=sys.argv[1], recipe=replace(train.RECIPES['fast'], epochs=1))\n"
+        "import json, keras, numpy as np\n"
+        "man = manifest.read_manifest(res.run)\n"
+        "again = keras.saving.load_model(res.run / 'model.keras')  # the run's model, reloaded, scores what it recorded\n"
+        "p = keras.ops.convert_to_numpy(again.predict(ds.x_test, verbose=0))\n"
+        "acc = float((p.argmax(1) == ds.y_test).mean())\n"
+        "assert np.isfinite(p).all() and abs(acc - man['training']['test_accuracy']) <= 1 / len(ds.y_test), acc\n"
+        "hist = json.loads((res.run / 'history.json').read_text())\n"
+        "assert [h['epoch'] for h in hist] == [1] and np.isfinite(hist[0]['loss'])\n"
+        "assert man['model']['sha256'] and man['artifacts'] == {}\n"
+        # the depth study's command as the GPU machine runs it (one JAX process for both: it starts slowly)
+        "from exporter.cli import main\n"
+        "sys.argv = ['resexport', 'experiment', 'depth', '--depths', '12', '--epochs', '1',\n"
+        "            '--train-limit', '300', '--test-limit', '100', '--out', sys.argv[2], '--json']\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
         "assert 'tensorflow' not in sys.modules\n"
-        "print('ok', len(m.MODELS), manifest.read_manifest(res.run)['training']['backend'])\n")
+        "print('ok', len(m.MODELS), man['training']['backend'])\n")
     env = {**os.environ, "KERAS_BACKEND": "jax"}
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
-                          env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run"), str(tmp_path / "d")],
+                          capture_output=True, text=True, env=env, timeout=600,
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((tmp_path / "d" / "depth.json").read_text())
+    assert doc["backend"] == "jax" and [r["backend"] for r in doc["rows"]] == ["jax", "jax"]
+    assert (tmp_path / "d" / "depth.png").stat().st_size > 1000
     assert proc.stdout.strip().splitlines()[-1] == f"ok {len(MODELS)} jax"
     assert (tmp_path / "run" / "model.keras").is_file()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +20,41 @@ from exporter.data import own as owndata
 from exporter.cli import app
 from exporter.errors import DataError
 from tests.owndata_helpers import CLASSES, train_tiny_model, write_folder, write_npz
+from tests.owndata_helpers import arrays as owndata_arrays
 from tests.test_errors import assert_fails, temp_files
+
+
+OWN_MODELS = Path(__file__).resolve().parent / "fixtures" / "own"  # tests/fixtures/make_fixtures.py
 
 
 @pytest.fixture(scope="module")
 def own(tmp_path_factory):
+    """The shapes data, and the tiny CNN trained on it, committed: the tests below assert that int8
+    agrees on all 30 test images and that predict gets every one right, which holds on any CPU only
+    for fixed weights (test_the_committed_models_are_sure_of_every_test_image says by how much)."""
     root = tmp_path_factory.mktemp("own")
     return {"root": root, "folder": write_folder(root / "shapes"), "npz": write_npz(root / "shapes.npz"),
-            "model": train_tiny_model(root / "m.keras")}
+            "model": OWN_MODELS / "softmax_unit.keras", "logits_model": OWN_MODELS / "logits_symmetric.keras"}
+
+
+@pytest.mark.parametrize("name, scale", [("model", 1.0), ("logits_model", 2.0)])
+def test_the_committed_models_are_sure_of_every_test_image(own, name, scale):
+    """Why 30/30 is not luck: on every test image the right class leads the runner-up by a wide margin
+    of probability, far beyond what int8 rounding (a few hundredths) can move."""
+    import keras
+
+    from exporter import outputs
+
+    from PIL import Image
+
+    files = sorted((own["folder"] / "test").glob("*/*"))  # the folder's test images, JPEGs included
+    x = np.concatenate([np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]), owndata_arrays()[0]])
+    y = np.concatenate([[CLASSES.index(f.parent.name) for f in files], owndata_arrays()[1]])  # + every npz image
+    model = keras.saving.load_model(own[name])
+    raw = keras.ops.convert_to_numpy(model(x.astype(np.float32) / 255.0 * scale - (scale - 1.0), training=False))
+    p = outputs.to_probabilities(raw, "logits" if name == "logits_model" else "probabilities")
+    top2 = np.sort(p, axis=1)[:, -2:]
+    assert (p.argmax(1) == y).all() and (top2[:, 1] - top2[:, 0]).min() > 0.3, (top2[:, 1] - top2[:, 0]).min()
 
 
 def cli(root, *args):
@@ -117,7 +145,7 @@ def test_own_model_on_an_npz_no_flags(own, tmp_path):
 
 
 def test_logits_model_predicts_probabilities_and_symmetric_scale(own, tmp_path):
-    model = train_tiny_model(tmp_path / "logits.keras", scale="symmetric", logits=True, epochs=15)
+    model = own["logits_model"]
     art = tmp_path / "artifacts"
     ok(cli(art, "convert", "--model", model, "--data", own["folder"], "--scale", "symmetric",
            "--format", "onnx", "--quantize", "none"))

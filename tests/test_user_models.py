@@ -1,8 +1,10 @@
 """Issue 10: every artifact computes the model's inference, for classifiers users actually bring,
 and validate proves it (batch invariance, one output convention, warnings when it proves little).
 
-Each model in tests/user_models.py is trained briefly on real Fashion-MNIST (BatchNormalization
-with non-default moving statistics), converted to all seven kinds, and checked twice: by
+Each model in tests/user_models.py, trained briefly on real Fashion-MNIST (BatchNormalization
+with non-default moving statistics) and committed (tests/fixtures/user_models/, made by
+tests/fixtures/make_fixtures.py, so its numbers are the same on every CPU), is converted to all
+seven kinds and checked twice: by
 `resexport validate` (gates + batch-invariance), and directly, every artifact at batch 1 and at
 batch 64 against `model(x, training=False)`."""
 
@@ -38,20 +40,15 @@ def cli(*args):
 
 
 @pytest.fixture(scope="module")
-def train_slice(fmnist):
-    return data.subset(fmnist, train_limit=um.TRAIN_IMAGES)
-
-
-@pytest.fixture(scope="module")
 def zoo_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("zoo")
 
 
 @pytest.fixture(scope="module", params=um.ALL)
-def user_run(request, zoo_dir, train_slice):
+def user_run(request, zoo_dir):
     """(name, model file, run folder with all seven kinds)."""
     name = request.param
-    path = um.make(name, zoo_dir / "models", train_slice.x_train, train_slice.y_train)
+    path = um.committed(name)
     run = zoo_dir / "runs" / name
     for i, quantize in enumerate(QUANTIZE.get(name, ("all",))):
         r = cli("convert", *(("--model", path) if i == 0 else ()), "--run", run, "--quantize", quantize,
@@ -108,8 +105,8 @@ def _training_mode_savedmodel(keras_path, out):
     return out
 
 
-def test_a_training_mode_savedmodel_is_refused_with_its_reason(zoo_dir, train_slice, tmp_path):
-    path = um.make("resizing_softmax", zoo_dir / "models", train_slice.x_train, train_slice.y_train)
+def test_a_training_mode_savedmodel_is_refused_with_its_reason(tmp_path):
+    path = um.committed("resizing_softmax")
     sm = _training_mode_savedmodel(path, tmp_path / "sm")
     r = cli("convert", "--model", sm, "--run", tmp_path / "run")
     assert r.exit_code == 3, r.output
@@ -118,12 +115,12 @@ def test_a_training_mode_savedmodel_is_refused_with_its_reason(zoo_dir, train_sl
     assert not (tmp_path / "run").exists()
 
 
-def test_a_batch_dependent_artifact_is_caught(zoo_dir, train_slice, tmp_path):
+def test_a_batch_dependent_artifact_is_caught(tmp_path):
     """A tflite-fp32 made the old way (from Keras' training-mode SavedModel) put into a good run:
     validate exits 4 and names the cause."""
     import tensorflow as tf
 
-    path = um.make("resizing_softmax", zoo_dir / "models", train_slice.x_train, train_slice.y_train)
+    path = um.committed("resizing_softmax")
     run = tmp_path / "run"
     r = cli("convert", "--model", path, "--run", run, "--format", "tflite", "--quantize", "none")
     assert r.exit_code == 0, r.output

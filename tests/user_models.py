@@ -140,12 +140,24 @@ def _set_bn_momentum(model, momentum: float) -> None:
             layer.momentum = momentum
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "user_models"
+
+
+def committed(name: str) -> Path:
+    """The committed trained file of `name` (tests/fixtures/make_fixtures.py): the same weights on
+    every machine. A subclassed model's class is registered first, as a user's code would."""
+    if name == "subclassed":
+        _Subclassed()
+    return FIXTURES / ("legacy.h5" if name == "legacy_h5" else f"{name}.keras")
+
+
 def make(name: str, folder: Path, x_train: np.ndarray, y_train: np.ndarray, *, epochs: int = EPOCHS,
-         seed: int = 0) -> Path:
+         seed: int = 0, include_optimizer: bool = True) -> Path:
     """Build and briefly train `name`, save it as its users would (.keras, or .h5 by tf_keras), return the path."""
     folder.mkdir(parents=True, exist_ok=True)
     if name == "legacy_h5":
-        return _make_legacy_h5(folder / "legacy.h5", x_train, y_train, epochs=epochs, seed=seed)
+        return _make_legacy_h5(folder / "legacy.h5", x_train, y_train, epochs=epochs, seed=seed,
+                               include_optimizer=include_optimizer)
     keras = _keras()
     keras.utils.set_random_seed(seed)
     model = BUILDERS[name]()
@@ -155,11 +167,17 @@ def make(name: str, folder: Path, x_train: np.ndarray, y_train: np.ndarray, *, e
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits), metrics=["accuracy"])
     model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0, shuffle=True)
     path = folder / f"{name}.keras"
+    if not include_optimizer:  # .keras has no include_optimizer: save an uncompiled twin with the same weights
+        twin = BUILDERS[name]()
+        twin(np.zeros((1, *INPUT_SHAPE), np.float32))  # a subclassed model makes its weights on the first call
+        _set_bn_momentum(twin, 0.5)
+        twin.set_weights(model.get_weights())
+        model = twin
     model.save(path)
     return path
 
 
-def _make_legacy_h5(path: Path, x_train, y_train, *, epochs: int, seed: int) -> Path:
+def _make_legacy_h5(path: Path, x_train, y_train, *, epochs: int, seed: int, include_optimizer: bool = True) -> Path:
     """A Sequential model written by tf_keras (Keras 2) as legacy HDF5."""
     import tf_keras
 
@@ -180,7 +198,7 @@ def _make_legacy_h5(path: Path, x_train, y_train, *, epochs: int, seed: int) -> 
     ])
     model.compile(optimizer=tf_keras.optimizers.Adam(2e-3), loss="sparse_categorical_crossentropy")
     model.fit(x_train, y_train, batch_size=64, epochs=epochs, verbose=0)
-    model.save(str(path), save_format="h5")
+    model.save(str(path), save_format="h5", include_optimizer=include_optimizer)
     return path
 
 
