@@ -288,9 +288,8 @@ def test_a_manifest_written_by_us_is_read_back(scratch, artifacts, model):
     assert back["artifacts"] == artifacts and back["model"] == model and back["schema"] == mf.SCHEMA
 
 
-@pytest.mark.xfail(strict=True, reason="found by the fuzzer above: numpy pickles arrays with protocol 5 through "
-                   "numpy._core.numeric._frombuffer, which the safe unpickler does not allow (issue 17 report)")
 def test_a_cifar_batch_pickled_with_protocol_5_is_read():
+    """Found by the fuzzer above: numpy pickles arrays with protocol 5 through numpy._core.numeric._frombuffer."""
     images, labels = np.zeros((1, 32, 32, 3), np.uint8), [3]
     blob = pickle.dumps(pickle.loads(cifar_batch_bytes(images, labels)), protocol=5)
     np.testing.assert_array_equal(data.parse_cifar_batch(blob, name="data_batch_1")[0], images)

@@ -165,7 +165,9 @@ class _SafeUnpickler(pickle.Unpickler):
     """CIFAR batches are pickles; allow only the handful of globals a numpy array needs."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                # protocol 5 (out-of-band buffers, what numpy >= 1.16 uses for pickle.dumps(protocol=5))
+                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:
