@@ -1,7 +1,8 @@
 """Streaming training input: batches decoded, preprocessed and augmented in worker threads while the
 model trains, never the whole split in memory.
 
-Engine: `keras.utils.PyDataset` with thread workers. Chosen over tf.data because it is part of
+Engine: `keras.utils.PyDataset`, read by fit in order, with a pool of decoding threads that
+prepare the next batches ahead (see Batches for why not Keras' own worker enqueuer). Chosen over tf.data because it is part of
 Keras 3 itself and so runs on every backend (the JAX box that trains on GPUs has no TensorFlow,
 and training must not need it), and over grain because it adds no dependency. The images come
 from the dataset's own array-likes (`exporter.owndata.LazyImages` for image folders and .npz,
@@ -15,6 +16,9 @@ of workers and whichever worker decodes a batch first.
 """
 
 from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -80,16 +84,24 @@ class Batches(_py_dataset_base()):
 
     def __init__(self, x, y, indices, batch_size: int, *, seed: int = 0, shuffle: bool = False,
                  augment=(), drop_remainder: bool = False, max_batches: int | None = None,
-                 shard: tuple[int, int] = (0, 1), epoch: int = 0, workers: int = 1,
-                 use_multiprocessing: bool = False, max_queue_size: int = 8):
-        super().__init__(workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size)
+                 shard: tuple[int, int] = (0, 1), epoch: int = 0, workers: int = 1, prefetch: int = 8):
+        # Keras' own thread enqueuer (workers > 1) yields batches in an order that depends on timing
+        # (after fit's first peek at a batch, an epoch can start at batch 1): seen here as a resumed
+        # run differing from an uninterrupted one. So Keras reads this dataset in order on one
+        # thread, and the parallel decoding is ours: `workers` threads prepare the next `prefetch`
+        # batches of the current epoch while the model trains on this one.
+        super().__init__(workers=1, use_multiprocessing=False)
         self.x, self.y = x, np.asarray(y)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size, self.seed, self.shuffle = int(batch_size), int(seed), bool(shuffle)
         self.augment = tuple(augment)
         self.drop_remainder, self.max_batches, self.shard = drop_remainder, max_batches, tuple(shard)
         self.epoch = int(epoch)
-        self._order_cache: tuple[int, np.ndarray] | None = None
+        self.threads, self.prefetch = max(1, int(workers)), max(1, int(prefetch))
+        self._orders: dict[int, np.ndarray] = {}
+        self._pending: dict = {}
+        self._pool = None
+        self._lock = threading.Lock()
 
     @property
     def num_batches(self) -> int:
@@ -100,32 +112,59 @@ class Batches(_py_dataset_base()):
     def __len__(self) -> int:
         return self.num_batches
 
-    def order(self) -> np.ndarray:
+    def order(self, epoch: int | None = None) -> np.ndarray:
         if not self.shuffle:
             return self.indices
-        cached = self._order_cache
-        if cached is None or cached[0] != self.epoch:
-            cached = (self.epoch, self.indices[epoch_order(len(self.indices), self.seed, self.epoch)])
-            self._order_cache = cached  # one tuple assignment: safe with thread workers
-        return cached[1]
+        epoch = self.epoch if epoch is None else int(epoch)
+        found = self._orders.get(epoch)
+        if found is None:
+            found = self.indices[epoch_order(len(self.indices), self.seed, epoch)]
+            self._orders = {epoch: found}  # one assignment: safe with the prefetch threads
+        return found
 
-    def batch_positions(self, i: int) -> np.ndarray:
-        pos = self.order()[i * self.batch_size:(i + 1) * self.batch_size]
+    def batch_positions(self, i: int, epoch: int | None = None) -> np.ndarray:
+        pos = self.order(epoch)[i * self.batch_size:(i + 1) * self.batch_size]
         k, n = self.shard
         return pos[k::n] if n > 1 else pos
+
+    def load(self, epoch: int, i: int):
+        """Batch `i` of epoch `epoch`: decoded, preprocessed, augmented."""
+        pos = self.batch_positions(i, epoch)
+        x = np.asarray(self.x[pos], dtype=np.float32)
+        if self.augment:
+            x = augment_batch(x, self.augment, np.random.default_rng([self.seed, epoch, int(i), 7]))
+        return x, self.y[pos]
 
     def __getitem__(self, i):
         if not 0 <= i < self.num_batches:
             raise IndexError(i)
-        pos = self.batch_positions(i)
-        x = np.asarray(self.x[pos], dtype=np.float32)
-        if self.augment:
-            x = augment_batch(x, self.augment, np.random.default_rng([self.seed, self.epoch, int(i), 7]))
-        return x, self.y[pos]
+        e = self.epoch
+        if self.threads == 1:
+            return self.load(e, i)
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="resexport-stream")
+            mine = self._pending.pop((e, i), None)
+            for key in [k for k in self._pending if k[0] != e or k[1] < i]:
+                self._pending.pop(key).cancel()
+            for j in range(i + 1, min(i + 1 + self.prefetch, self.num_batches)):
+                if (e, j) not in self._pending:
+                    self._pending[(e, j)] = self._pool.submit(self.load, e, j)
+        return mine.result() if mine is not None else self.load(e, i)
+
+    def close(self) -> None:
+        """Stop the prefetch threads (the dataset still works afterwards, on demand)."""
+        with self._lock:
+            for fut in self._pending.values():
+                fut.cancel()
+            self._pending.clear()
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def describe(self) -> dict:
-        return {"engine": ENGINE, "workers": self.workers, "use_multiprocessing": self.use_multiprocessing,
-                "max_queue_size": self.max_queue_size, "shuffle": self.shuffle,
+        return {"engine": ENGINE, "threads": self.threads, "prefetch_batches": self.prefetch,
+                "shuffle": self.shuffle,
                 "order": "permutation of numpy default_rng([seed, epoch])" if self.shuffle else "stored order",
                 "drop_remainder": self.drop_remainder, "batches_per_epoch": self.num_batches,
                 **({"max_batches": self.max_batches} if self.max_batches else {})}

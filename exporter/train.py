@@ -326,27 +326,42 @@ def resume_command(run: Path) -> dict:
     return dict(state["command"])
 
 
-def _rng_state() -> dict:
-    """Keras' global seed generator (used by random layers built without a seed) as numbers."""
-    try:
+def _seed_states(model) -> list:
+    """The model's random state that is not a weight: the SeedGenerator of each random layer
+    (Dropout) in model.variables order. save_weights does not store them; without them a resumed
+    run drops different units than an uninterrupted one."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _rng_state(model) -> dict:
+    state = {"layer_seed_states": [{"path": v.path, "value": np.asarray(v.value).tolist()} for v in _seed_states(model)]}
+    try:  # Keras' global seed generator, used by random ops given no seed (internal API)
         from keras.src.random.seed_generator import global_seed_generator
 
-        return {"keras_global_seed_state": np.asarray(global_seed_generator().state.value).tolist()}
-    except Exception:  # noqa: BLE001 - internal API; the data order does not depend on it
-        return {}
-
-
-def _restore_rng(state: dict) -> None:
-    values = state.get("keras_global_seed_state")
-    if values is None:
-        return
-    try:
-        from keras.src.random.seed_generator import global_seed_generator
-
-        gen = global_seed_generator()
-        gen.state.assign(np.asarray(values, dtype=gen.state.dtype))
+        state["keras_global_seed_state"] = np.asarray(global_seed_generator().state.value).tolist()
     except Exception:  # noqa: BLE001
-        log.warning("could not restore Keras' global seed generator")
+        pass
+    return state
+
+
+def _restore_rng(model, state: dict) -> None:
+    saved = state.get("layer_seed_states", [])
+    current = _seed_states(model)
+    if len(saved) != len(current):  # by position: Keras numbers seed generators per process (_2, _4, ...)
+        log.warning("the checkpoint's random layer states do not match the model; dropout will differ")
+    else:
+        for v, s in zip(current, saved):
+            v.assign(np.asarray(s["value"], dtype=v.dtype))
+    values = state.get("keras_global_seed_state")
+    if values is not None:
+        try:
+            from keras.src.random.seed_generator import global_seed_generator
+
+            gen = global_seed_generator()
+            gen.state.assign(np.asarray(values, dtype=gen.state.dtype))
+        except Exception:  # noqa: BLE001
+            log.warning("could not restore Keras' global seed generator")
 
 
 def _checkpoint_callback(model, folder: Path, base: dict, history: list, clock):
@@ -366,7 +381,7 @@ def _checkpoint_callback(model, folder: Path, base: dict, history: list, clock):
             state = {**base, "epoch": epoch + 1, "weights": name, "history": history,
                      "seconds": round(clock(), 2), "optimizer_iterations": int(model.optimizer.iterations),
                      "rng": {"seed": base["seed"], "data_order": f"rng([seed, epoch]) for epoch >= {epoch + 1}",
-                             **_rng_state()}}
+                             **_rng_state(model)}}
             write_json_atomic(folder / STATE_FILE, state)
             for old in folder.glob("epoch-*.weights.h5"):
                 if old.name != name:
@@ -489,7 +504,7 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
             if state is not None:
                 model.optimizer.build(model.trainable_variables)
                 model.load_weights(ckpt_dir / state["weights"])
-                _restore_rng(state.get("rng", {}))
+                _restore_rng(model, state.get("rng", {}))
                 initial_epoch, before = int(state["epoch"]), float(state.get("seconds", 0.0))
                 history = list(state.get("history", []))
                 log.info("resuming %s from epoch %d (%s)", run, initial_epoch, ckpt_dir / state["weights"])
@@ -500,6 +515,7 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
             with progress.task(f"training {model_name} on {dataset.name}", total=remaining * steps_per_epoch) as task:
                 if remaining:
                     model.fit(stream, epochs=recipe.epochs, initial_epoch=initial_epoch, validation_data=val_stream,
+                              shuffle=False,  # the stream shuffles, by (seed, epoch); Keras' own shuffle is unseeded state
                               verbose=0, callbacks=[epoch_setter(stream), _progress_callback(task, recipe.epochs, history),
                                                     _checkpoint_callback(model, ckpt_dir, base, history,
                                                                          lambda: before + time.perf_counter() - start)])
@@ -507,6 +523,9 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
         finally:
             if backend == "jax":
                 keras.distribution.set_distribution(previous)
+            for s_ in (stream, val_stream):
+                if s_ is not None:
+                    s_.close()
 
         if dev.count > 1:  # evaluate every test image on one device (a split batch needs full batches)
             single = build_model(model_name, dataset.input_shape, dataset.num_classes)
@@ -515,7 +534,10 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
             model = single
         test = Batches(dataset.x_test, dataset.y_test, np.arange(len(dataset.y_test)), 500, workers=workers)
         with progress.task("evaluating on the test set", total=None):
-            test_loss, test_acc = model.evaluate(test, verbose=0)
+            try:
+                test_loss, test_acc = model.evaluate(test, verbose=0)
+            finally:
+                test.close()
 
         resumed = bool(state)
         for stale in (MODEL_FILE, HISTORY_FILE, mf.MANIFEST):
