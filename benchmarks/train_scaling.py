@@ -105,7 +105,7 @@ def devices_run(n: int, work: Path, train_limit: int, batch: int) -> dict:
     run = work / f"devices-{n}"
     cmd = [sys.executable, "-m", "exporter", "train", "--devices", str(n), "--epochs", "2", "--batch-size", str(batch),
            "--train-limit", str(train_limit), "--test-limit", "500", "--run", str(run), "--force", "--json"]
-    res = rss_child(cmd, env)
+    rss_child(cmd, env)
     man = json.loads((run / "manifest.json").read_text())["training"]
     hist = json.loads((run / "history.json").read_text())
     images = man["streaming"]["batches_per_epoch"] * batch
@@ -153,7 +153,7 @@ def main() -> None:
            "settings": {"model": "resmini", "batch": args.batch, "max_batches": args.max_batches, "epochs": 1,
                         "augment": "flip,crop"},
            "peak_rss": rss, "pipeline_alone": alone, "devices": devices}
-    md = [f"# Training at scale (issue 21)\n",
+    md = ["# Training at scale (issue 21)\n",
           f"Machine: {doc['machine'].get('cpu', '')} — {doc['shared_cpu']}. "
           f"Folder of {args.images:,} {SIZE}x{SIZE}x3 PNGs (+500 test), `resexport train --data FOLDER` with resmini, "
           f"1 epoch of {args.max_batches} batches of {args.batch}, `--augment flip,crop`, each run a child process.\n",

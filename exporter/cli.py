@@ -173,7 +173,8 @@ def train(
     from exporter.stream import parse_augment
     from exporter.train import find_partial, resolve_recipe, resume_command, train as train_fn, training_key
 
-    command = dict(model=model, dataset=dataset, scale=scale, test_split=test_split, recipe=recipe, epochs=epochs,
+    command = dict(model=model, dataset=str(Path(dataset).resolve()) if dataset and Path(dataset).exists() else dataset,
+                   scale=scale, test_split=test_split, recipe=recipe, epochs=epochs,
                    batch_size=batch_size, lr=lr, bn_momentum=bn_momentum, seed=seed, train_limit=train_limit,
                    test_limit=test_limit, augment=augment, val_split=val_split, max_batches=max_batches,
                    data_dir=str(data_dir) if data_dir else None)
