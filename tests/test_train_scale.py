@@ -177,7 +177,7 @@ FOUR_DEVICES = textwrap.dedent("""
     from exporter import data
     from exporter.train import RECIPES, train
     ds = data.load_dataset("fashion_mnist", train_limit=256, test_limit=64)
-    recipe = replace(RECIPES["fast"], epochs=2, batch_size=64)
+    recipe = replace(RECIPES["fast"], epochs=1, batch_size=64)
     out = {}
     for n in ("1", "4"):
         res = train(model_name="resmini", dataset=ds, run=sys.argv[1] + "/d" + n, recipe=recipe, seed=2,
