@@ -1,9 +1,12 @@
 """Training: fit a registry model on a dataset and create the run folder's first entries
 (model.keras, history.json, manifest.json). Exports nothing.
 
-The run folder is built in a temporary sibling folder and renamed into place at the end, so an
-interrupted or failed training never leaves a half-made run, and an existing run is replaced only
-with force=True.
+Training reads a streaming input (exporter.stream), runs on one device or data-parallel on several
+(keras.distribution on JAX), and checkpoints every epoch in the run's staging folder
+(`.NAME.partial/` beside it), which is renamed into place only when everything is written: an
+interrupted run is never a half-made run, and the same call (or `train --resume RUN`) continues it
+from its last complete epoch. An existing run is replaced only with force=True. `staged_run` is the
+simpler temporary-folder form that convert uses.
 """
 
 from __future__ import annotations
