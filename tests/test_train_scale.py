@@ -240,3 +240,20 @@ def test_training_killed_mid_epoch_resumes(tmp_path):
     man = mf.read_manifest(run)["training"]
     assert man["resumed"] and man["resumed_from_epochs"] == [done] and man["recipe"]["epochs"] == 6
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == list(range(1, 7))
+
+
+def test_find_partial_and_resume_errors(tmp_path):
+    """Re-running the same command without --run finds the unfinished run with the same inputs key;
+    --resume on a folder with nothing to resume is a one-line usage error."""
+    from exporter.cli import app
+    from exporter.fsutil import write_json_atomic
+    from exporter.train import CHECKPOINT_DIR, STATE_FILE, find_partial, staging_dir
+
+    run = tmp_path / "r1"
+    ckpt = staging_dir(run) / CHECKPOINT_DIR
+    ckpt.mkdir(parents=True)
+    write_json_atomic(ckpt / STATE_FILE, {"inputs_key": "abc", "run": str(run), "epoch": 1, "weights": "w"})
+    assert find_partial("abc", tmp_path) == run and find_partial("other", tmp_path) is None
+    result = CliRunner().invoke(app, ["train", "--resume", str(tmp_path / "nothing")])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "nothing" in lines[0], result.output
