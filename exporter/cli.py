@@ -154,34 +154,61 @@ def train(
     data_dir: Optional[Path] = DATA_OPT,
     train_limit: Optional[int] = TRAIN_LIMIT_OPT,
     test_limit: Optional[int] = TEST_LIMIT_OPT,
+    devices: str = typer.Option("1", "--devices", help="Devices to train on: N or 'all'. More than one needs "
+                                "KERAS_BACKEND=jax (keras.distribution.DataParallel; the batch is split across them)."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="Augment training batches in the input pipeline "
+                                          "(never in the model): flip, crop or flip,crop. Default: none."),
+    val_split: float = typer.Option(0.0, "--val-split", help="Hold out this fraction of the training split "
+                                    "(stratified, seeded) and evaluate it every epoch. Default: 0 (none)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Input pipeline threads (default: min(4, CPUs))."),
+    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Train on at most this many batches "
+                                              "per epoch."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run RUN from its last "
+                                          "complete epoch, with the settings it was started with (re-running the "
+                                          "same command does the same)."),
     json_out: bool = JSON_OPT,
 ):
-    """Train a registry model and create its run folder (model.keras, history.json, manifest.json)."""
-    from exporter.run import default_run_path
+    """Train a registry model and create its run folder (model.keras, history.json, manifest.json).
+    Input is streamed; every epoch is checkpointed, so an interrupted run continues where it stopped."""
+    from exporter.data.select import open_data
     from exporter.errors import UsageError
     from exporter.models import spec
-    from exporter.data.select import open_data
-    from exporter.train import resolve_recipe, train as train_fn
+    from exporter.run import default_run_path
+    from types import SimpleNamespace
 
-    dataset = dataset or spec(model).dataset
-    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    run = run or default_run_path(model, dataset)
-    ds = open_data(dataset, scale=scale, data_dir=data_dir, test_split=test_split, train_limit=train_limit,
-                   test_limit=test_limit)
+    from exporter.stream import parse_augment
+    from exporter.train import find_partial, resolve_recipe, resume_command, train as train_fn, training_key
+
+    command = dict(model=model, dataset=str(Path(dataset).resolve()) if dataset and Path(dataset).exists() else dataset,
+                   scale=scale, test_split=test_split, recipe=recipe, epochs=epochs,
+                   batch_size=batch_size, lr=lr, bn_momentum=bn_momentum, seed=seed, train_limit=train_limit,
+                   test_limit=test_limit, augment=augment, val_split=val_split, max_batches=max_batches,
+                   data_dir=str(data_dir) if data_dir else None)
+    if resume is not None:  # the settings the run was started with; --devices/--workers may differ
+        command, run = resume_command(resume), resume
+    c = SimpleNamespace(**command)
+    dataset = c.dataset or spec(c.model).dataset
+    r = resolve_recipe(c.recipe, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, bn_momentum=c.bn_momentum)
+    ds = open_data(dataset, scale=c.scale, data_dir=c.data_dir, test_split=c.test_split, train_limit=c.train_limit,
+                   test_limit=c.test_limit)
     if len(ds.y_train) == 0:
         raise UsageError(f"{dataset} has no training split", hint="use a folder with train/ and test/, or pass "
                                                                   "--test-split F")
-    dataset = ds.name
-    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=seed, force=force,
-                      progress=progress(json_out))
+    streaming = dict(augment=parse_augment(c.augment), val_split=c.val_split, max_batches=c.max_batches)
+    run = run or (None if force else find_partial(training_key(c.model, ds, r, c.seed, **streaming))) or \
+        default_run_path(c.model, dataset)
+    model, dataset = c.model, ds.name
+    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=c.seed, force=force, devices=devices,
+                      workers=workers, command=command, progress=progress(json_out), **streaming)
     summary = {"run": str(result.run), "model": model, "dataset": dataset,
                "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
-               "epochs": result.epochs}
+               "epochs": result.epochs, "resumed": result.resumed}
     if json_out:
         print_json(summary)
     else:
         out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
-                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}")
+                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}"
+                  + (" (resumed)" if result.resumed else ""))
 
 
 # ------------------------------------------------------------------------------ convert

@@ -1,9 +1,12 @@
 """Training: fit a registry model on a dataset and create the run folder's first entries
 (model.keras, history.json, manifest.json). Exports nothing.
 
-The run folder is built in a temporary sibling folder and renamed into place at the end, so an
-interrupted or failed training never leaves a half-made run, and an existing run is replaced only
-with force=True.
+Training reads a streaming input (exporter.stream), runs on one device or data-parallel on several
+(keras.distribution on JAX), and checkpoints every epoch in the run's staging folder
+(`.NAME.partial/` beside it), which is renamed into place only when everything is written: an
+interrupted run is never a half-made run, and the same call (or `train --resume RUN`) continues it
+from its last complete epoch. An existing run is replaced only with force=True. `staged_run` is the
+simpler temporary-folder form that convert uses.
 """
 
 from __future__ import annotations
@@ -64,16 +67,22 @@ class TrainResult:
     epochs: int
     model: object = None  # the trained keras.Model (not serialised)
     reused: bool = False  # an existing run trained with the same inputs was kept
+    resumed: bool = False  # continued from a checkpoint of an interrupted run
 
 
-def training_inputs(model_name: str, dataset: Dataset, recipe: Recipe, seed: int) -> dict:
-    """What a trained model depends on: the stage key's inputs."""
+def training_inputs(model_name: str, dataset: Dataset, recipe: Recipe, seed: int, *, augment=(),
+                    val_split: float = 0.0, max_batches: int | None = None) -> dict:
+    """What a trained model depends on: the stage key's inputs. The streaming options enter only
+    when set, so runs trained without them keep their key. The device count does not: 1 and N
+    devices at the same global batch train the same model (within float tolerance)."""
+    extra = {**({"augment": list(augment)} if augment else {}), **({"val_split": val_split} if val_split else {}),
+             **({"max_batches": max_batches} if max_batches else {})}
     return {"model": model_name, "dataset": mf.dataset_identity(dataset.describe()), "recipe": asdict(recipe),
-            "seed": seed}
+            "seed": seed, **extra}
 
 
-def training_key(model_name: str, dataset: Dataset, recipe: Recipe, seed: int) -> str:
-    return mf.inputs_key(training_inputs(model_name, dataset, recipe, seed))
+def training_key(model_name: str, dataset: Dataset, recipe: Recipe, seed: int, **streaming) -> str:
+    return mf.inputs_key(training_inputs(model_name, dataset, recipe, seed, **streaming))
 
 
 def existing_run(run: Path, key: str) -> TrainResult | None:
@@ -179,54 +188,371 @@ def staged_run(run: Path, *, force: bool):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+# ------------------------------------------------------------------------------ devices
+
+@dataclass(frozen=True)
+class Devices:
+    """Where training runs: the backend, how many devices (over all hosts), their kind, and which
+    process of how many this is. `distribution` is the keras.distribution.DataParallel in use
+    (None on one device)."""
+
+    backend: str
+    count: int
+    kind: str
+    platform: str
+    process_index: int = 0
+    process_count: int = 1
+    distribution: object = None
+
+    def describe(self) -> dict:
+        return {"count": self.count, "kind": self.kind, "platform": self.platform,
+                "processes": self.process_count, "engine": "keras.distribution.DataParallel"
+                if self.distribution is not None else "single device"}
+
+
+def parse_devices(text) -> int | str:
+    """--devices: 'all' or a positive whole number."""
+    if text is None:
+        return 1
+    text = str(text).strip().lower()
+    if text == "all":
+        return "all"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise UsageError(f"--devices takes 'all' or a positive whole number, got '{text}'")
+    return n
+
+
+def _multi_host_env() -> bool:
+    n = os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "").strip()
+    return n.isdigit() and int(n) > 1
+
+
+def resolve_devices(devices="1") -> Devices:
+    """Choose the devices to train on. On JAX: the local devices (all hosts' after
+    keras.distribution.initialize(), done here when KERAS_DISTRIBUTION_NUM_PROCESSES > 1), the
+    first N of them in a DataParallel distribution. Other backends train on one device and refuse
+    more, pointing at KERAS_BACKEND=jax."""
+    import keras
+
+    want = parse_devices(devices)
+    backend = keras.backend.backend()
+    if backend != "jax":
+        if want == 1 or (want == "all" and _visible_accelerators(backend) <= 1):
+            return Devices(backend, 1, *_single_device_kind(backend))
+        raise UsageError(f"--devices {want} needs the JAX backend (this is {backend}): run with KERAS_BACKEND=jax",
+                         hint="data-parallel training uses keras.distribution, which runs on JAX; "
+                              "--devices 1 trains here")
+    import jax
+
+    if _multi_host_env() and not getattr(resolve_devices, "_initialized", False):
+        keras.distribution.initialize()  # reads KERAS_DISTRIBUTION_JOB_ADDRESSES / _NUM_PROCESSES / _PROCESS_ID
+        resolve_devices._initialized = True
+    found = jax.devices()
+    n = len(found) if want == "all" else want
+    if n > len(found):
+        raise UsageError(f"--devices {n}: only {len(found)} device(s) found ({found[0].platform})",
+                         hint="pass --devices all, or on CPU set XLA_FLAGS=--xla_force_host_platform_device_count=N")
+    dist = None
+    if n > 1:
+        dist = keras.distribution.DataParallel(devices=[f"{d.platform}:{d.id}" for d in found[:n]])
+    return Devices("jax", n, found[0].device_kind, found[0].platform, jax.process_index(), jax.process_count(), dist)
+
+
+def _visible_accelerators(backend: str) -> int:
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return len(tf.config.list_logical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.device_count()
+    return 1
+
+
+def _single_device_kind(backend: str) -> tuple[str, str]:
+    if _visible_accelerators(backend) > 0 and backend in ("tensorflow", "torch"):
+        return "gpu", "gpu"
+    return "cpu", "cpu"
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+STATE_FILE = "state.json"
+CHECKPOINT_DIR = "checkpoint"
+
+
+def staging_dir(run: Path) -> Path:
+    """Where a run is built, checkpointed and resumed from: a hidden sibling of the run folder. It
+    becomes the run (one rename) only when training and evaluation are complete."""
+    run = Path(run)
+    return run.parent / f".{run.name}.partial"
+
+
+def read_checkpoint(run: Path) -> dict | None:
+    """The last complete epoch's checkpoint state of `run`'s staging folder, or None."""
+    state = mf.read_json_if(staging_dir(run) / CHECKPOINT_DIR / STATE_FILE)
+    if state is None or not (staging_dir(run) / CHECKPOINT_DIR / str(state.get("weights", ""))).is_file():
+        return None
+    return state
+
+
+def find_partial(key: str, root: Path | None = None) -> Path | None:
+    """A run under `root` (default: the artifacts root) left unfinished by a run with this inputs
+    key, so that re-running the same command without --run continues it."""
+    root = Path(root or mf.artifacts_root())
+    if not root.is_dir():
+        return None
+    found = []
+    for st in root.glob(f".*.partial/{CHECKPOINT_DIR}/{STATE_FILE}"):
+        state = mf.read_json_if(st)
+        if state and state.get("inputs_key") == key and state.get("run"):
+            found.append((st.stat().st_mtime, Path(state["run"])))
+    return max(found)[1] if found else None
+
+
+def resume_command(run: Path) -> dict:
+    """The arguments an interrupted run was started with (stored with its checkpoint)."""
+    state = read_checkpoint(Path(run))
+    if state is None:
+        if (Path(run) / mf.MANIFEST).is_file():
+            raise UsageError(f"{run} is a finished run; there is nothing to resume",
+                             hint="train a new one with --run, or retrain it with --force")
+        raise UsageError(f"{run} has no interrupted training to resume ({staging_dir(run)} holds no checkpoint)",
+                         hint="start it with `resexport train --run RUN`")
+    if not state.get("command"):
+        raise UsageError(f"the checkpoint of {run} was not written by `resexport train`; resume it with the "
+                         "same library call")
+    return dict(state["command"])
+
+
+def _seed_states(model) -> list:
+    """The model's random state that is not a weight: the SeedGenerator of each random layer
+    (Dropout) in model.variables order. save_weights does not store them; without them a resumed
+    run drops different units than an uninterrupted one."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def _rng_state(model) -> dict:
+    state = {"layer_seed_states": [{"path": v.path, "value": np.asarray(v.value).tolist()} for v in _seed_states(model)]}
+    try:  # Keras' global seed generator, used by random ops given no seed (internal API)
+        from keras.src.random.seed_generator import global_seed_generator
+
+        state["keras_global_seed_state"] = np.asarray(global_seed_generator().state.value).tolist()
+    except Exception:  # noqa: BLE001
+        pass
+    return state
+
+
+def _restore_rng(model, state: dict) -> None:
+    saved = state.get("layer_seed_states", [])
+    current = _seed_states(model)
+    if len(saved) != len(current):  # by position: Keras numbers seed generators per process (_2, _4, ...)
+        log.warning("the checkpoint's random layer states do not match the model; dropout will differ")
+    else:
+        for v, s in zip(current, saved):
+            v.assign(np.asarray(s["value"], dtype=v.dtype))
+    values = state.get("keras_global_seed_state")
+    if values is not None:
+        try:
+            from keras.src.random.seed_generator import global_seed_generator
+
+            gen = global_seed_generator()
+            gen.state.assign(np.asarray(values, dtype=gen.state.dtype))
+        except Exception:  # noqa: BLE001
+            log.warning("could not restore Keras' global seed generator")
+
+
+def _checkpoint_callback(model, folder: Path, base: dict, history: list, clock):
+    """Every epoch: the weights with the optimizer's state (its step drives the schedule) to a new
+    file, then state.json (epoch, history, seed, data order) renamed over the old one, then the
+    older weights removed. A kill at any moment leaves the previous or the new checkpoint whole."""
+    import keras
+
+    from exporter.fsutil import write_json_atomic
+
+    class _Checkpoint(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            name = f"epoch-{epoch + 1:04d}.weights.h5"
+            tmp = folder / f".tmp-{os.getpid()}-{name}"
+            model.save_weights(tmp)
+            os.replace(tmp, folder / name)
+            state = {**base, "epoch": epoch + 1, "weights": name, "history": history,
+                     "seconds": round(clock(), 2), "optimizer_iterations": int(model.optimizer.iterations),
+                     "rng": {"seed": base["seed"], "data_order": f"rng([seed, epoch]) for epoch >= {epoch + 1}",
+                             **_rng_state(model)}}
+            write_json_atomic(folder / STATE_FILE, state)
+            for old in folder.glob("epoch-*.weights.h5"):
+                if old.name != name:
+                    old.unlink(missing_ok=True)
+            log.info("checkpoint: epoch %d -> %s", epoch + 1, folder / name)
+
+    return _Checkpoint()
+
+
+def _promote(staging: Path, run: Path, *, force: bool) -> None:
+    """Rename the finished staging folder into place (replacing an old run only with force)."""
+    try:
+        old = None
+        if run.exists():
+            if any(run.iterdir()) and not force:
+                raise OutputExistsError(f"run folder {run} already exists",
+                                        hint="pass --force to replace it, or choose another --run")
+            old = run.parent / f".{run.name}.old-{os.getpid()}"
+            os.replace(run, old)
+        os.replace(staging, run)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise OutputError(f"could not write run folder {run}: {exc.strerror or exc}") from exc
+
+
+# ------------------------------------------------------------------------------ train
+
 def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed: int = 0,
           force: bool = False, reuse: bool = False, steps_per_execution: int | None = None,
+          augment=(), val_split: float = 0.0, devices="1", workers: int | None = None,
+          max_batches: int | None = None, resume: bool = True, command: dict | None = None,
           progress: Progress = NULL) -> TrainResult:
-    """Build `model_name` for `dataset`, fit it with `recipe`, evaluate on the test split, and write
-    the run folder `run`. With reuse=True, a run already there that was trained with the same inputs
-    (its manifest's training.inputs_key) is returned as it is (reused=True); one trained otherwise is
-    an OutputExistsError unless force=True."""
+    """Build `model_name` for `dataset`, fit it with `recipe` from a streaming input pipeline
+    (exporter.stream), evaluate on the test split, and write the run folder `run`.
+
+    augment: ('flip', 'crop') applied to training batches only. val_split: a seeded, stratified
+    fraction of the training split held out and evaluated each epoch (never the test set).
+    devices: 1 (default), N or 'all' (JAX: keras.distribution.DataParallel; the global batch
+    recipe.batch_size is split across devices). max_batches: cap on the batches of an epoch.
+
+    Every epoch is checkpointed in the staging folder staging_dir(run); with resume=True (default)
+    a staging folder left by an interrupted run with the same inputs is continued from its last
+    complete epoch; force=True discards it and any old run. `command`: the caller's arguments,
+    stored with the checkpoint so `train --resume RUN` can repeat them. With reuse=True, a run
+    already there that was trained with the same inputs is returned as it is (reused=True)."""
     import keras
 
     from exporter.models import MODELS, OUTPUT_CONVENTION, build_model, count_depth
+    from exporter.data.own import split_indices
+    from exporter.stream import Batches, epoch_setter
 
-    inputs = training_inputs(model_name, dataset, recipe, seed)
-    key = training_key(model_name, dataset, recipe, seed)
+    run = Path(run)
+    augment = tuple(augment or ())
+    if val_split and not 0 < val_split < 1:
+        raise UsageError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    if max_batches is not None and max_batches <= 0:
+        raise UsageError(f"--max-batches must be positive, got {max_batches}")
+    streaming = {"augment": augment, "val_split": val_split, "max_batches": max_batches}
+    inputs = training_inputs(model_name, dataset, recipe, seed, **streaming)
+    key = training_key(model_name, dataset, recipe, seed, **streaming)
     if reuse and not force:
-        existing = existing_run(Path(run), key)
+        existing = existing_run(run, key)
         if existing is not None:
             return existing
-    if Path(run).exists() and any(Path(run).iterdir()) and not force:  # fail before the slow part
+    if run.exists() and any(run.iterdir()) and not force:  # fail before the slow part
         raise OutputExistsError(f"run folder {run} already exists",
                                 hint="pass --force to replace it, or choose another --run")
-    ensure_dir(Path(run).parent)  # an unwritable --run fails now, not after the training
-    keras.utils.set_random_seed(seed)
-    model = build_model(model_name, dataset.input_shape, dataset.num_classes)
-    if recipe.bn_momentum is not None:
-        _set_bn_momentum(model, recipe.bn_momentum)
-    steps_per_epoch = -(-len(dataset.y_train) // recipe.batch_size)
-    backend = keras.backend.backend()
-    if steps_per_execution is None:  # JAX on an accelerator is much faster with fused steps
-        steps_per_execution = 1 if backend == "tensorflow" else min(16, steps_per_epoch)
-    model.compile(optimizer=_optimizer(recipe, recipe.epochs * steps_per_epoch),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
-    history: list[dict] = []
-    start = time.perf_counter()
-    with progress.task(f"training {model_name} on {dataset.name}", total=recipe.epochs * steps_per_epoch) as task:
-        model.fit(np.asarray(dataset.x_train), dataset.y_train, batch_size=recipe.batch_size, epochs=recipe.epochs,
-                  shuffle=True, verbose=0, callbacks=[_progress_callback(task, recipe.epochs, history)])
-    seconds = time.perf_counter() - start
-    with progress.task("evaluating on the test set", total=None):
-        test_loss, test_acc = model.evaluate(np.asarray(dataset.x_test), dataset.y_test, batch_size=500, verbose=0)
+    ensure_dir(run.parent)  # an unwritable --run fails now, not after the training
+    staging = staging_dir(run)
+    state = read_checkpoint(run) if resume and not force else None
+    if state is not None and state.get("inputs_key") != key:
+        raise OutputExistsError(f"{staging} holds an unfinished run with other settings",
+                                hint=f"resume it with `resexport train --resume {run}`, or pass --force to discard it")
+    if state is None and staging.exists():
+        shutil.rmtree(staging)
+    ckpt_dir = ensure_dir(staging / CHECKPOINT_DIR)
+    try:
+        dev = resolve_devices(devices)
+        if recipe.batch_size % dev.count:
+            raise UsageError(f"--batch-size {recipe.batch_size} does not split across {dev.count} devices",
+                             hint=f"use a multiple of {dev.count}")
+        n_train = len(dataset.y_train)
+        if val_split:
+            train_idx, val_idx = split_indices(np.asarray(dataset.y_train), val_split, seed)
+        else:
+            train_idx, val_idx = np.arange(n_train), np.zeros(0, np.int64)
+        workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
+        shard = (dev.process_index, dev.process_count)
+        stream = Batches(dataset.x_train, dataset.y_train, train_idx, recipe.batch_size, seed=seed, shuffle=True,
+                         augment=augment, drop_remainder=dev.count > 1, max_batches=max_batches, shard=shard,
+                         epoch=int(state["epoch"]) if state else 0, workers=workers)
+        val_batch = min(recipe.batch_size, len(val_idx) // dev.count * dev.count)  # full batches on N devices
+        if len(val_idx) and not val_batch:
+            raise UsageError(f"--val-split {val_split} holds out {len(val_idx)} images, fewer than the "
+                             f"{dev.count} devices", hint="raise --val-split")
+        val_stream = (Batches(dataset.x_train, dataset.y_train, val_idx, val_batch, drop_remainder=dev.count > 1,
+                              shard=shard, workers=workers) if len(val_idx) else None)
+        steps_per_epoch = stream.num_batches
+        if steps_per_epoch == 0:
+            raise UsageError(f"{len(train_idx)} training images make no full batch of {recipe.batch_size}",
+                             hint="lower --batch-size")
+        backend = keras.backend.backend()
+        if steps_per_execution is None:  # JAX on an accelerator is much faster with fused steps
+            steps_per_execution = 1 if backend == "tensorflow" else min(16, steps_per_epoch)
 
-    with staged_run(run, force=force) as tmp:
-        model.save(tmp / MODEL_FILE)
-        (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        previous = keras.distribution.distribution() if backend == "jax" else None
+        if dev.distribution is not None:
+            keras.distribution.set_distribution(dev.distribution)
+        try:
+            keras.utils.set_random_seed(seed)
+            model = build_model(model_name, dataset.input_shape, dataset.num_classes)
+            if recipe.bn_momentum is not None:
+                _set_bn_momentum(model, recipe.bn_momentum)
+            model.compile(optimizer=_optimizer(recipe, recipe.epochs * steps_per_epoch),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                          steps_per_execution=steps_per_execution)
+            history: list[dict] = []
+            initial_epoch, before = 0, 0.0
+            if state is not None:
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(ckpt_dir / state["weights"])
+                _restore_rng(model, state.get("rng", {}))
+                initial_epoch, before = int(state["epoch"]), float(state.get("seconds", 0.0))
+                history = list(state.get("history", []))
+                log.info("resuming %s from epoch %d (%s)", run, initial_epoch, ckpt_dir / state["weights"])
+            start = time.perf_counter()
+            base = {"run": str(run), "inputs_key": key, "seed": seed, "command": command or {},
+                    "resumed_from": ([*state.get("resumed_from", []), initial_epoch] if state else [])}
+            remaining = max(recipe.epochs - initial_epoch, 0)
+            with progress.task(f"training {model_name} on {dataset.name}", total=remaining * steps_per_epoch) as task:
+                if remaining:
+                    model.fit(stream, epochs=recipe.epochs, initial_epoch=initial_epoch, validation_data=val_stream,
+                              shuffle=False,  # the stream shuffles, by (seed, epoch); Keras' own shuffle is unseeded state
+                              verbose=0, callbacks=[epoch_setter(stream), _progress_callback(task, recipe.epochs, history),
+                                                    _checkpoint_callback(model, ckpt_dir, base, history,
+                                                                         lambda: before + time.perf_counter() - start)])
+            seconds = before + time.perf_counter() - start
+        finally:
+            if backend == "jax":
+                keras.distribution.set_distribution(previous)
+            for s_ in (stream, val_stream):
+                if s_ is not None:
+                    s_.close()
+
+        if dev.count > 1:  # evaluate every test image on one device (a split batch needs full batches)
+            single = build_model(model_name, dataset.input_shape, dataset.num_classes)
+            single.set_weights([np.asarray(w) for w in model.get_weights()])
+            single.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+            model = single
+        test = Batches(dataset.x_test, dataset.y_test, np.arange(len(dataset.y_test)), 500, workers=workers)
+        with progress.task("evaluating on the test set", total=None):
+            try:
+                test_loss, test_acc = model.evaluate(test, verbose=0)
+            finally:
+                test.close()
+
+        resumed = bool(state)
+        for stale in (MODEL_FILE, HISTORY_FILE, mf.MANIFEST):
+            (staging / stale).unlink(missing_ok=True)
+        model.save(staging / MODEL_FILE)
+        (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
+        per_process = recipe.batch_size // dev.process_count
         manifest = {
             "created": mf.now_iso(),
-            "model": {"name": model_name, "file": MODEL_FILE, "sha256": sha256_file(tmp / MODEL_FILE),
-                      "bytes": (tmp / MODEL_FILE).stat().st_size, "params": int(model.count_params()),
+            "model": {"name": model_name, "file": MODEL_FILE, "sha256": sha256_file(staging / MODEL_FILE),
+                      "bytes": (staging / MODEL_FILE).stat().st_size, "params": int(model.count_params()),
                       "depth": count_depth(model), "source": MODELS[model_name].source,
                       "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
                       "input_name": model.inputs[0].name if model.inputs else "image",
@@ -235,12 +561,29 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
             "dataset": dataset.describe(),
             **({"preprocessing": dataset.preprocessing.to_dict()} if dataset.preprocessing is not None else {}),
             "training": {"inputs_key": key, "inputs": inputs, "recipe": asdict(recipe), "seed": seed,
-                         "backend": backend,
+                         "backend": backend, "devices": dev.describe(),
+                         "global_batch": recipe.batch_size, "per_device_batch": recipe.batch_size // dev.count,
+                         **({"per_process_batch": per_process} if dev.process_count > 1 else {}),
+                         "streaming": {**stream.describe(), "shuffle_seed": seed},
+                         "augmentation": list(augment),
+                         "validation": ({"fraction": val_split, "images": int(len(val_idx)), "seed": seed,
+                                         "from": "training split (stratified)"} if len(val_idx) else None),
+                         "train_images": int(len(train_idx)),
+                         "resumed": resumed, **({"resumed_from_epochs": base["resumed_from"]} if resumed else {}),
                          "steps_per_execution": steps_per_execution, "seconds": round(seconds, 1),
                          "test_accuracy": float(test_acc), "test_loss": float(test_loss)},
             "versions": mf.library_versions(),
             "artifacts": {},
         }
-        mf.write_manifest(tmp, manifest)
+        mf.write_manifest(staging, manifest)
+        shutil.rmtree(staging / CHECKPOINT_DIR, ignore_errors=True)
+        _promote(staging, run, force=force)
+    except BaseException:
+        if not (staging / CHECKPOINT_DIR / STATE_FILE).exists():  # nothing to resume: leave nothing
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            log.warning("training of %s stopped; its last complete epoch is kept in %s "
+                        "(resume: resexport train --resume %s)", run, staging, run)
+        raise
     log.info("trained %s: test accuracy %.4f in %.1fs -> %s", model_name, test_acc, seconds, run)
-    return TrainResult(Path(run), float(test_acc), float(test_loss), seconds, recipe.epochs, model)
+    return TrainResult(run, float(test_acc), float(test_loss), seconds, recipe.epochs, model, resumed=resumed)
