@@ -305,7 +305,9 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
         results.append({"kind": name, "file": entry["file"], "bytes": entry.get("bytes"), **metrics,
                         "matches_manifest_sha256": unchanged,
                         "gates": asdict(gates), "passed": not failures, "failures": failures,
-                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most"}
+                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most, or "
+                                   "`resexport convert --quantize int8 --int8 auto --force` for the cheapest remedy "
+                                   "that passes (ptq, qat, fallback)"}
                            if failures and kind.needs_calibration else {}),
                         "seconds": round(seconds, 2), "runner": runner.info})
         runner.close()

@@ -73,6 +73,7 @@ def _layers():
 
     tf = _tf()
 
+    @keras.saving.register_keras_serializable(package="resexport")
     class ActQuant(keras.layers.Layer):
         """Fake-quantises its input to 8 bit with one range; the range is calibrated (min/max over
         the calibration images while `calibrating`) then followed by an EMA in training."""
@@ -111,30 +112,40 @@ def _layers():
         m = tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-8)
         return tf.quantization.fake_quant_with_min_max_vars(kernel, -m, m, num_bits=8, narrow_range=True)
 
+    @keras.saving.register_keras_serializable(package="resexport")
     class QConv(keras.layers.Layer):
         """Conv2D (groups 1), DepthwiseConv2D (kernel kh,kw,in,mult) or Dense with fake-quantised
         weights, float bias, and a fused relu/relu6/linear activation."""
 
-        def __init__(self, op: str, kernel, bias, strides=(1, 1), padding="valid", dilation=(1, 1),
-                     activation="linear", **kw):
+        def __init__(self, op: str, kernel=None, bias=None, strides=(1, 1), padding="valid", dilation=(1, 1),
+                     activation="linear", kernel_shape=None, bias_shape=None, **kw):
             super().__init__(**kw)
             self.op, self.strides, self.padding = op, tuple(strides), padding.upper()
             self.dilation, self.activation = tuple(dilation), activation
-            self._k0, self._b0 = np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+            self._k0 = None if kernel is None else np.asarray(kernel, np.float32)
+            self._b0 = None if bias is None else np.asarray(bias, np.float32)
+            self.kernel_shape = tuple(kernel_shape or self._k0.shape)
+            self.bias_shape = tuple(bias_shape or self._b0.shape)
             self.frozen_weights = False  # export: weights already rounded (ONNX route)
 
+        def get_config(self):
+            return {**super().get_config(), "op": self.op, "strides": list(self.strides), "padding": self.padding,
+                    "dilation": list(self.dilation), "activation": self.activation,
+                    "kernel_shape": list(self.kernel_shape), "bias_shape": list(self.bias_shape)}
+
         def build(self, shape):
-            self.kernel = self.add_weight(shape=self._k0.shape, initializer=keras.initializers.Constant(self._k0),
-                                          name="kernel")
-            self.bias = self.add_weight(shape=self._b0.shape, initializer=keras.initializers.Constant(self._b0),
-                                        name="bias")
+            def init(v):
+                return "zeros" if v is None else keras.initializers.Constant(v)
+
+            self.kernel = self.add_weight(shape=self.kernel_shape, initializer=init(self._k0), name="kernel")
+            self.bias = self.add_weight(shape=self.bias_shape, initializer=init(self._b0), name="bias")
 
         def quantized_kernel(self):
             k = self.kernel
             if self.op == "dense":
                 return wquant(k, per_channel=False)
             if self.op == "depthwise":
-                kh, kw, cin, mult = self._k0.shape
+                kh, kw, cin, mult = self.kernel_shape
                 flat = tf.reshape(k, (kh, kw, 1, cin * mult))
                 return tf.reshape(wquant(flat, per_channel=True), (kh, kw, cin, mult))
             return wquant(k, per_channel=True)
@@ -323,8 +334,6 @@ def build_qat_model(model):
         x_ids = n.inputs
         name = n.op.name
         t = n.type
-        if id(n) in folded.keys() | set():
-            pass
         if t == "BatchNormalization" and id(n) in folded:
             env[n.outputs[0]] = env[folded[id(n)]]
             continue
@@ -376,15 +385,13 @@ def build_qat_model(model):
         y = clone(*args[0], **args[1])
         if n.op.weights:
             clone.set_weights(n.op.get_weights())
-        if t in PASS_THROUGH or (t in RELUS or (t == "Activation" and _activation_name(n.op) in ("linear",))) \
-                and False:
-            env[n.outputs[0]] = y
-        elif t in PASS_THROUGH:
+        if t in PASS_THROUGH:
             env[n.outputs[0]] = y
         else:
             env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
     outs = [env[i] for i in output_ids]
-    qat = keras.Model(new_inputs, outs[0] if len(outs) == 1 else outs, name=f"{model.name}_qat")
+    qat = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outs[0] if len(outs) == 1 else outs,
+                      name=f"{model.name}_qat")
     return qat, notes
 
 
@@ -496,7 +503,7 @@ def freeze_weights(qat_model) -> None:
 def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 17):
     """The QDQ ONNX graph of a QAT model: tf2onnx on the frozen model (activations' FakeQuant ->
     QuantizeLinear/DequantizeLinear, uint8), then onnx_weight_qdq (int8 weights, int32 biases). The
-    model's weights are frozen in place (call on a copy, or last)."""
+    model's kernels are rounded to their int8 grid in place (which changes nothing it computes)."""
     from exporter.errors import require
 
     tf = _tf()
@@ -508,7 +515,12 @@ def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 1
     def serve(x):
         return {"probabilities": qat_model(x, training=False)}
 
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    try:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    finally:  # the kernels stay on their grid; fake quant on again (idempotent) for later exports
+        for layer in qat_model.layers:
+            if isinstance(layer, _layers()["QConv"]):
+                layer.frozen_weights = False
     onnx_weight_qdq(proto)
     return proto
 
