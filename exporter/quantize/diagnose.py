@@ -132,10 +132,14 @@ class TFLiteInt8:
 
         options = tf.lite.experimental.QuantizationDebugOptions(
             layer_direct_compare_metrics={"float_rms": lambda f, q, s, z: rms(f), "channel": channel})
-        debugger = tf.lite.experimental.QuantizationDebugger(
-            quant_debug_model_content=debug_model, debug_options=options,
-            debug_dataset=lambda: ([images[i: i + 1]] for i in range(len(images))))
-        debugger.run()
+        import warnings
+
+        with warnings.catch_warnings():  # the debugger runs TF's deprecated tf.lite.Interpreter, which warns
+            warnings.filterwarnings("ignore", message=r"\s*Warning: tf.lite.Interpreter is deprecated")
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                quant_debug_model_content=debug_model, debug_options=options,
+                debug_dataset=lambda: ([images[i: i + 1]] for i in range(len(images))))
+            debugger.run()
         buf = io.StringIO()
         debugger.layer_statistics_dump(buf)
         buf.seek(0)
