@@ -264,3 +264,19 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
     assert convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01) == \
         {"tflite-int8": "up to date", "onnx-int8": "up to date"}
     json.dumps(man)  # the records are plain JSON
+
+
+def test_qat_rebuilds_a_sequential_model_with_logits():
+    from exporter.quantize import qat
+
+    model = keras.Sequential([keras.Input((8, 8, 3)), layers.Conv2D(4, 3, use_bias=False), layers.BatchNormalization(),
+                              layers.Activation("relu"), layers.Flatten(), layers.Dense(5)])
+    for w in model.weights:
+        if w.path.endswith("moving_variance"):
+            w.assign(np.full(tuple(w.shape), 0.8))
+    q, notes = qat.build_qat_model(model)
+    assert notes["bn_folded"] == 1 and notes["weight_layers"] == 2
+    x = np.random.default_rng(2).uniform(0, 1, (32, 8, 8, 3)).astype(np.float32)
+    qat.calibrate(q, x)
+    ref, out = model(x, training=False).numpy(), q(x, training=False).numpy()
+    assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 1e-3
