@@ -6,7 +6,9 @@ the Keras original and the gate verdict (`validate` on all 10,000 test images), 
 batch 1 and the speed-up over fp32 in the same run (`bench`), the remedy's wall time, and the
 hold-out judgement the remedy recorded. Writes results/int8_fidelity.{json,md}.
 
-Usage: python benchmarks/int8_fidelity.py [model ...]   (default: residual12 plain12 resmini)"""
+Usage: python benchmarks/int8_fidelity.py [--fresh] [model ...]   (default: residual12 plain12 resmini)
+Rows already measured (artifacts/int8-fidelity/partial.json) are kept unless --fresh, so models can
+be added one invocation at a time (~12 min a model on 2 shared cores)."""
 
 import json
 import shutil
@@ -16,7 +18,8 @@ import time
 
 from _common import ROOT, machine, save
 
-MODELS = tuple(sys.argv[1:]) or ("residual12", "plain12", "resmini")
+FRESH = "--fresh" in sys.argv
+MODELS = tuple(a for a in sys.argv[1:] if a != "--fresh") or ("residual12", "plain12", "resmini")
 REMEDIES = ("ptq", "qat", "fallback", "auto")
 INT8 = ("tflite-int8", "onnx-int8")
 FP32 = ("tflite-fp32", "onnx-fp32")
@@ -34,6 +37,11 @@ from exporter.cpuinfo import physical_cores  # noqa: E402
 
 threads = physical_cores()
 rows, models = [], {}
+PARTIAL = OUT / "partial.json"
+if PARTIAL.is_file() and not FRESH:
+    old = json.loads(PARTIAL.read_text())
+    rows, models = old["rows"], old["models"]
+done = {(r["model"], r["remedy"]) for r in rows}
 for name in MODELS:
     base = OUT / name
     if not (base / "model.keras").is_file():
@@ -45,6 +53,8 @@ for name in MODELS:
     if not all((base / f).exists() for f in ("model_fp32.tflite", "model.onnx")):
         cli("convert", "--run", str(base), "--format", "all", "--quantize", "none")
     for remedy in REMEDIES:
+        if (name, remedy) in done:
+            continue
         run = OUT / f"{name}-{remedy}"
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run)
@@ -79,8 +89,10 @@ for name in MODELS:
         doc = {"machine": machine(), "threads": threads, "models": models, "rows": rows,
                "note": "2-core shared machine (other engineers' jobs ran at the same time): timings are noisy; "
                        "ratios within one run only"}
-        (OUT / "partial.json").write_text(json.dumps(doc, indent=2, default=str))
+        PARTIAL.write_text(json.dumps(doc, indent=2, default=str))
 
+rows.sort(key=lambda r: ([m for m in dict.fromkeys([*models, *MODELS])].index(r["model"]),
+                         REMEDIES.index(r["remedy"]), r["kind"]))
 pure = {(r["model"], r["kind"]): r for r in rows if r["remedy"] == "ptq"}
 lines = ["# int8 fidelity: remedies per model and runtime (`python benchmarks/int8_fidelity.py`)", "",
          f"Machine: {machine().get('cpu')} ({threads} threads), shared with other jobs: timings are noisy. "
