@@ -294,7 +294,7 @@ def build_qat_model(model):
     folded: dict[int, int] = {}      # id(BN node) -> its conv node's output id
     fold_into: dict[int, _Node] = {}  # id(conv node) -> the BN node
     for n in nodes:
-        if n.type in COMPUTE and _activation_name(n.op) == "linear" and getattr(n.op, "use_bias", True) in (True, False):
+        if n.type in COMPUTE and _activation_name(n.op) == "linear":
             reader = only_reader(n.outputs[0])
             if reader is not None and reader.type == "BatchNormalization" and len(n.node.outputs[0].shape) >= 2:
                 fold_into[id(n)] = reader
