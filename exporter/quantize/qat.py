@@ -575,7 +575,6 @@ def onnx_weight_qdq(proto) -> dict:
             q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
             zero = np.array(0, np.int8)
             axis = 0
-        name = n.input[1]
         n.input[1] = dq(f"{n.name}_w", q, scale, zero, axis, TensorProto.INT8)
         counts["weights"] += 1
         if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in inits:
