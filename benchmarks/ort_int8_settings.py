@@ -87,7 +87,7 @@ for label, path in (("fp32", fp32), ("int8", int8)):
 acc_man = mf.read_manifest(ACC_RUN)
 cal_speed = data.calibration_set(ds, 50)
 cal_acc = data.calibration_set(ds, 500)
-hold, _ = holdout(acc_man, ds, cal_acc, 2000)
+hold, _ = holdout(ACC_RUN, ds, cal_acc, 2000)
 ref = load_runner(ACC_RUN / acc_man["model"]["file"], kind="keras").predict_batched(hold.x, 256)
 
 

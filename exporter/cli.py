@@ -239,9 +239,16 @@ def convert(
                                               "split: images to calibrate int8 on (folder or .npz; never test images)."),
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = flag("--force", help="Replace artifacts made from another model or calibration."),
-    fallback: str = typer.Option("none", "--fallback", help="int8 only: 'auto' keeps the fewest layers in float32 "
-                                 "needed to pass the int8 gate (measured on held-out training images; recorded "
-                                 "as float_layers in the manifest); 'none' quantises every layer."),
+    int8: Optional[str] = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
+                                       "only), qat (quantisation-aware fine-tuning on the run's training data, then "
+                                       "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
+                                       "fewest layers kept in float32 that pass the int8 gates on held-out training "
+                                       "images), auto (the first of ptq, qat, fallback that passes; ladder recorded)."),
+    qat: bool = flag("--qat", help="Short for --int8 qat."),
+    qat_epochs: Optional[float] = typer.Option(None, "--qat-epochs", help="--int8 qat/auto: passes over the "
+                                               "training split to fine-tune (default: 300 steps of 64 images)."),
+    fallback: str = typer.Option("none", "--fallback", help="int8 only: 'auto' is --int8 fallback (kept as an "
+                                 "alias); 'none' quantises every layer."),
     target_cpu: str = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
                                    "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
                                    "AVX2 saturation), or auto (this machine's)."),
@@ -254,6 +261,13 @@ def convert(
     from exporter.report import CONVERT_HEADERS, convert_rows
 
     kinds = formats.select(fmt, quantize)
+    if qat:
+        if int8 not in (None, "qat"):
+            raise UsageError(f"--qat is --int8 qat; it cannot be combined with --int8 {int8}")
+        int8 = "qat"
+    from exporter.convert import int8_mode
+
+    int8_mode(int8, fallback)  # a bad --int8/--fallback is refused before a run folder is made
     if model is not None:
         run = import_model(model, run=run, data=dataset, scale=scale, test_split=test_split, calib_data=calib_data,
                            data_dir=data_dir, force=force, unsafe=unsafe)
@@ -265,7 +279,8 @@ def convert(
         run = Run.of(run)
     ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
     status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
-                        unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=progress(json_out))
+                        unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=progress(json_out),
+                        int8=int8, qat_epochs=qat_epochs)
     rows = convert_rows(run, status)
     if json_out:
         print_json({"run": str(run), "artifacts": rows})

@@ -119,11 +119,29 @@ PREPROCESSING_FILE = "preprocessing.json"
 FALLBACK_CHOICES = ("none", "auto")
 
 
-def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str) -> dict:
-    """What, besides model and calibration, an int8 artifact was made with (compared by _up_to_date)."""
+def int8_mode(int8: str | None, fallback: str = "none") -> str:
+    """--int8 (ptq|qat|fallback|auto), with the older --fallback auto as an alias of --int8 fallback."""
+    from exporter.quantize.make import check_int8
+
+    if fallback not in FALLBACK_CHOICES:
+        raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
+    if fallback == "auto":
+        if int8 not in (None, "ptq", "fallback"):
+            raise UsageError(f"--fallback auto is --int8 fallback; it cannot be combined with --int8 {int8}",
+                             hint="pass only --int8 (ptq|qat|fallback|auto)")
+        return "fallback"
+    return check_int8(int8 or "ptq")
+
+
+def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: str = "ptq",
+              qat_settings: dict | None = None) -> dict:
+    """What, besides model and calibration, an int8 artifact was made with (compared by _up_to_date).
+    ptq and fallback keep the keys they had before --int8 existed (so their artifacts stay up to date)."""
     if not kind.needs_calibration:
         return {}
-    key = {"fallback": fallback}
+    key = {"fallback": "auto" if mode == "fallback" else fallback}
+    if mode in ("qat", "auto"):
+        key = {"int8": mode, "qat": qat_settings or {}}
     if kind.family == "onnx":
         from exporter.export.onnx import int8_target
 
@@ -150,19 +168,28 @@ def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: s
 
 def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
             calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
-            fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL) -> dict:
+            fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL,
+            int8: str | None = None, qat_epochs: float | None = None) -> dict:
     """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
 
-    int8 kinds: `fallback` 'auto' keeps the fewest layers in float32 that make the artifact pass its
-    gate on a held-out training slice (exporter.inspect.fallback_search; recorded as float_layers);
+    int8 kinds come from exporter.quantize (make.Int8Session) by `int8`: 'ptq' (default: calibration
+    only), 'qat' (quantisation-aware fine-tuning, `qat_epochs` passes over the training split, default
+    qat.DEFAULT_STEPS steps), 'fallback' (the fewest layers in float32 that pass on a held-out training
+    slice; recorded as float_layers; `fallback='auto'` is its old name) or 'auto' (the first of those
+    that passes, the ladder recorded);
     `target_cpu` (auto|vnni|avx2) picks ONNX Runtime's int8 settings (export/onnx.ORT_INT8_TARGETS).
 
     Existing artifacts made from the same model (and calibration) are kept; ones made from something
     else are replaced only with force. Each artifact is written atomically and the manifest updated
     after each, so an interruption keeps everything finished so far consistent."""
-    if fallback not in FALLBACK_CHOICES:
-        raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
-    int8_keys = {k.name: _int8_key(k, fallback, target_cpu) for k in kinds}  # also checks --target-cpu
+    mode = int8_mode(int8, fallback)
+    if qat_epochs is not None and qat_epochs <= 0:
+        raise UsageError(f"--qat-epochs must be positive, got {qat_epochs}")
+    from exporter.quantize import qat as qat_mod
+
+    qat_settings = {"epochs": qat_epochs, "steps": None if qat_epochs else qat_mod.DEFAULT_STEPS,
+                    "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH}
+    int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}  # checks --target-cpu
     run = Run.of(run)
     ref_path = run.model_path
     source_sha = sha256_path(ref_path)
@@ -186,7 +213,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
             conflicts.append(kind.filename)
     if conflicts:
         raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
-                                "current model, calibration and int8 settings (--fallback, --target-cpu)",
+                                "current model, calibration and int8 settings (--int8, --target-cpu)",
                                 hint="pass --force to replace them")
     todo = [k for k in kinds if k.name not in status]
     if not todo:
@@ -203,19 +230,19 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
             source.check_weights_finite()
             if run.output not in outputs.CONVENTIONS:  # a run made before it was recorded
                 run.set_output(*_detect_output(model, probe, dataset))
+        session = None
+        if any(k.needs_calibration for k in todo):
+            from exporter.quantize.make import Int8Session
+
+            session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
+                                  target_cpu=target_cpu, qat_epochs=qat_epochs)
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)
                 out = run / kind.filename
                 start = time.perf_counter()
-                if kind.needs_calibration and fallback == "auto":
-                    from exporter.inspect import fallback_search
-
-                    details = fallback_search(kind=kind, source=source, out=out, calibration=calibration,
-                                              dataset=dataset, man=run.manifest, target_cpu=target_cpu)
-                elif kind.needs_calibration:
-                    details = {"fallback": "none", "float_layers": [],
-                               **kind.load_exporter()(source, out, calibration, target_cpu=target_cpu)}
+                if kind.needs_calibration:
+                    details = session.make(kind, out, mode)
                 else:
                     details = kind.load_exporter()(source, out, None)
                 if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic

@@ -151,6 +151,16 @@ class Run:
         return self.dataset.get("origin") or {}
 
     @property
+    def training_subset(self) -> dict | None:
+        """The stratified subset of the training split the model was trained on (train --train-limit), if any."""
+        return (self.dataset.get("subset") or {}).get("train")
+
+    @property
+    def imported(self) -> bool:
+        """Made around a model trained elsewhere (convert --model): its training images are unknown."""
+        return bool(self.model.get("imported_from"))
+
+    @property
     def training(self) -> dict:
         return self.manifest.get("training", {})
 

@@ -253,6 +253,7 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     ref_acc = float((ref.argmax(1) == y).mean())
     ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
+    qat_refs: dict = {}
     for name in kinds:
         kind = formats.get(name)
         entry = run.artifact(name)
@@ -261,6 +262,13 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names, convention)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
+        qat_ref = qat_reference(run, entry, x, batch_size, qat_refs)
+        if qat_ref is not None:  # a QAT artifact: agreement and diffs against the fine-tuned model it was
+            # exported from, the drop against the original (issue 20's two claims); agreement with the original reported
+            own = compare(qat_ref, out, y, dataset.class_names, convention)
+            metrics.update({"agreement_with_original": metrics["agreement"], "agreement_reference": entry["qat"]["model_file"],
+                            **{k: own[k] for k in ("agreement", "agreement_without_near_ties", "near_ties_percent",
+                                                   "max_abs_diff", "mean_abs_diff", "raw_max_abs_diff")}})
         if dataset.subset.get("test"):
             metrics.update(sample_intervals(out, ref, y))
         gates = kind.gates.override(**(overrides or {}))
@@ -273,7 +281,9 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         results.append({"kind": name, "file": entry["file"], "bytes": entry.get("bytes"), **metrics,
                         "matches_manifest_sha256": unchanged,
                         "gates": asdict(gates), "passed": not failures, "failures": failures,
-                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most"}
+                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most, or "
+                                   "`resexport convert --quantize int8 --int8 auto --force` for the cheapest remedy "
+                                   "that passes (ptq, qat, fallback)"}
                            if failures and kind.needs_calibration else {}),
                         "seconds": round(seconds, 2), "runner": runner.info})
         runner.close()
@@ -296,6 +306,24 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     }
     write_json_atomic(run / VALIDATION_FILE, report)
     return report
+
+
+def qat_reference(run: Path, entry: dict, x, batch_size: int, cache: dict):
+    """The outputs of the fine-tuned model a QAT artifact was exported from (manifest entry's qat.model_file),
+    or None for any other artifact."""
+    qat = entry.get("qat") or {}
+    name = qat.get("model_file")
+    if not name or not (run / name).is_file():
+        return None
+    if name not in cache:
+        import keras
+
+        from exporter.quantize import qat as qat_mod
+
+        qat_mod._layers()  # registers the QAT layers for loading
+        model = keras.saving.load_model(run / name, compile=False)
+        cache[name] = model.predict(x, batch_size=batch_size, verbose=0)
+    return cache[name]
 
 
 def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:

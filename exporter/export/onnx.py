@@ -223,3 +223,27 @@ def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=
     settings = ", ".join(f"{k}={v}" for k, v in target.items() if k not in ("requested",))
     return _details(start, converter=f"onnxruntime.quantization.quantize_static (QDQ, MinMax, {settings})",
                     target_cpu=target)
+
+
+def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
+    """QDQ ONNX from a quantisation-aware model (exporter.quantize.qat): activations' FakeQuant ->
+    QuantizeLinear/DequantizeLinear by tf2onnx, int8 per-channel weights and int32 biases put back by
+    qat.onnx_weight_qdq. Float input/output like export_int8. Freezes the model's weights in place."""
+    from exporter.quantize import qat
+
+    start = time.perf_counter()
+    tensorflow()
+    try:
+        proto = qat.onnx_proto(qat_model, input_shape, input_name=INPUT_NAME, opset=OPSET)
+    except ResexportError:
+        raise
+    except Exception as exc:
+        raise ResexportError(f"ONNX conversion of the QAT model failed: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
+    _name_batch_dim(proto)
+    canonicalize_names(proto)
+    proto.doc_string = ""
+    proto.graph.doc_string = ""
+    _write(proto, out)
+    return _details(start, converter="tf2onnx.convert.from_function (QAT FakeQuant -> QDQ, uint8 activations) + "
+                                     "int8 per-channel weights / int32 biases (quantize.qat.onnx_weight_qdq)")

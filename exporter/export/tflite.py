@@ -136,3 +136,22 @@ def quantize_debug_model(calibrated: bytes) -> bytes:
     with native_stderr_hidden():
         return tfl_convert.mlir_quantize(calibrated, disable_per_channel=False, fully_quantize=False,
                                          enable_numeric_verify=True)
+
+
+def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
+    """Full-int8 TFLite from a quantisation-aware model (exporter.quantize.qat): the FakeQuant ranges
+    become the file's quantisation, int8 input and output like export_int8, no calibration pass."""
+    from exporter.quantize import qat
+
+    start = time.perf_counter()
+    try:
+        blob = qat.tflite_bytes(qat_model, input_shape)
+    except ResexportError:
+        raise
+    except Exception as exc:
+        raise ResexportError(f"TFLite conversion of the QAT model failed: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from exc
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(blob)
+    return {"converter": "tf.lite.TFLiteConverter.from_concrete_functions (QAT FakeQuant ranges; int8 input/output)",
+            "seconds": round(time.perf_counter() - start, 2)}

@@ -1,0 +1,596 @@
+"""Quantisation-aware fine-tuning (QAT) for Keras 3 models, on the TensorFlow backend.
+
+Route (why): TF-MOT's quantize_model needs tf_keras models and Keras 3's own `quantize()` covers
+Dense/EinsumDense only, so the model is REBUILT here as a Keras 3 functional graph whose layers call
+TensorFlow's fake-quant ops, which both converters understand:
+- TFLite: `TFLiteConverter.from_concrete_functions([fn])` (without the trackable object) reads the
+  FakeQuant ranges and writes a full-int8 file (int8 I/O), no calibration pass.
+- ONNX: tf2onnx turns FakeQuantWithMinMaxVars into QuantizeLinear/DequantizeLinear (uint8
+  activations); it has no per-channel FakeQuant, so the weights are exported already rounded to their
+  int8 grid and `onnx_weight_qdq` puts them back as int8 initialisers behind per-channel
+  DequantizeLinear (the same int8 values and scales the fake-quant used).
+
+The rebuild (`build_qat_model`):
+- Conv2D / DepthwiseConv2D / Dense followed directly by BatchNormalization (and nothing else reading
+  the conv's output): BN folded into the kernel and bias first (inference statistics, the way the
+  converters fold it), then fine-tuned folded;
+- a BatchNormalization that follows anything else (seed 003's Conv -> ReLU -> BN) becomes a 1x1
+  depthwise convolution (per-channel scale as its kernel, shift as its bias), which both runtimes
+  run in int8; BN on a 2-D tensor is refused;
+- weights: symmetric, narrow range (-127..127), per output channel for convolutions, per tensor for
+  Dense (TFLite's FULLY_CONNECTED default); ranges = max |w| (recomputed every step);
+- activations: one range per tensor (asymmetric 8 bit) after every op that computes new values,
+  except where the op's only reader is a ReLU (fused); ranges initialised from the calibration
+  images, then followed by an exponential moving average (decay EMA_DECAY) during fine-tuning;
+- nested functional/Sequential backbones are flattened into the one graph. Layers outside SUPPORTED
+  are refused with a one-line error.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from exporter.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+EMA_DECAY = 0.99
+DEFAULT_EPOCHS = 1
+DEFAULT_STEPS = 300          # steps of fine-tuning at most (batch DEFAULT_BATCH), whatever the epochs
+DEFAULT_BATCH = 64
+DEFAULT_LR = 1e-4
+BN_EPS_DEFAULT = 1e-3
+
+COMPUTE = ("Conv2D", "DepthwiseConv2D", "Dense")
+PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Dropout", "ZeroPadding2D", "SpatialDropout2D",
+                "GaussianNoise", "GaussianDropout", "ActivityRegularization")
+REQUANT = ("Add", "Subtract", "Multiply", "Concatenate", "Average", "AveragePooling2D", "GlobalAveragePooling2D",
+           "GlobalMaxPooling2D", "Softmax", "Rescaling")
+RELUS = ("ReLU",)
+SUPPORTED = (*COMPUTE, "BatchNormalization", "Activation", *RELUS, *PASS_THROUGH, *REQUANT, "InputLayer")
+FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+ACTIVATIONS = ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "swish", "silu", "hard_swish",
+               "hard_sigmoid")
+
+
+def _tf():
+    from exporter.export.source import tensorflow
+
+    return tensorflow()
+
+
+# ------------------------------------------------------------------------------ layers
+
+def _layers():
+    """The QAT layer classes (made on first use: Keras and TensorFlow are imported lazily)."""
+    global _LAYERS
+    if _LAYERS is not None:
+        return _LAYERS
+    import keras
+
+    tf = _tf()
+
+    @keras.saving.register_keras_serializable(package="resexport")
+    class ActQuant(keras.layers.Layer):
+        """Fake-quantises its input to 8 bit with one range; the range is calibrated (min/max over
+        the calibration images while `calibrating`) then followed by an EMA in training."""
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.calibrating = False
+
+        def build(self, shape):
+            self.amin = self.add_weight(shape=(), initializer="zeros", trainable=False, name="amin")
+            self.amax = self.add_weight(shape=(), initializer="zeros", trainable=False, name="amax")
+            self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
+
+        def call(self, x, training=False):
+            if self.calibrating:
+                lo, hi = tf.reduce_min(x), tf.reduce_max(x)
+                first = self.seen < 0.5
+                self.amin.assign(tf.where(first, lo, tf.minimum(self.amin, lo)))
+                self.amax.assign(tf.where(first, hi, tf.maximum(self.amax, hi)))
+                self.seen.assign(1.0)
+                return x
+            if training:
+                lo, hi = tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
+                self.amin.assign(EMA_DECAY * self.amin + (1 - EMA_DECAY) * lo)
+                self.amax.assign(EMA_DECAY * self.amax + (1 - EMA_DECAY) * hi)
+            lo = tf.minimum(self.amin, 0.0)
+            hi = tf.maximum(self.amax, lo + 1e-6)
+            return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False)
+
+    def wquant(kernel, per_channel: bool):
+        """Symmetric narrow-range int8 fake quant of a kernel whose last axis is the output channel."""
+        if per_channel:
+            m = tf.maximum(tf.reduce_max(tf.abs(tf.reshape(kernel, (-1, tf.shape(kernel)[-1]))), axis=0), 1e-8)
+            return tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -m, m, num_bits=8,
+                                                                             narrow_range=True)
+        m = tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-8)
+        return tf.quantization.fake_quant_with_min_max_vars(kernel, -m, m, num_bits=8, narrow_range=True)
+
+    @keras.saving.register_keras_serializable(package="resexport")
+    class QConv(keras.layers.Layer):
+        """Conv2D (groups 1), DepthwiseConv2D (kernel kh,kw,in,mult) or Dense with fake-quantised
+        weights, float bias, and a fused relu/relu6/linear activation."""
+
+        def __init__(self, op: str, kernel=None, bias=None, strides=(1, 1), padding="valid", dilation=(1, 1),
+                     activation="linear", kernel_shape=None, bias_shape=None, **kw):
+            super().__init__(**kw)
+            self.op, self.strides, self.padding = op, tuple(strides), padding.upper()
+            self.dilation, self.activation = tuple(dilation), activation
+            self._k0 = None if kernel is None else np.asarray(kernel, np.float32)
+            self._b0 = None if bias is None else np.asarray(bias, np.float32)
+            self.kernel_shape = tuple(kernel_shape or self._k0.shape)
+            self.bias_shape = tuple(bias_shape or self._b0.shape)
+            self.frozen_weights = False  # export: weights already rounded (ONNX route)
+
+        def get_config(self):
+            return {**super().get_config(), "op": self.op, "strides": list(self.strides), "padding": self.padding,
+                    "dilation": list(self.dilation), "activation": self.activation,
+                    "kernel_shape": list(self.kernel_shape), "bias_shape": list(self.bias_shape)}
+
+        def build(self, shape):
+            def init(v):
+                return "zeros" if v is None else keras.initializers.Constant(v)
+
+            self.kernel = self.add_weight(shape=self.kernel_shape, initializer=init(self._k0), name="kernel")
+            self.bias = self.add_weight(shape=self.bias_shape, initializer=init(self._b0), name="bias")
+
+        def quantized_kernel(self):
+            k = self.kernel
+            if self.op == "dense":
+                return wquant(k, per_channel=False)
+            if self.op == "depthwise":
+                kh, kw, cin, mult = self.kernel_shape
+                flat = tf.reshape(k, (kh, kw, 1, cin * mult))
+                return tf.reshape(wquant(flat, per_channel=True), (kh, kw, cin, mult))
+            return wquant(k, per_channel=True)
+
+        def call(self, x):
+            k = tf.convert_to_tensor(self.kernel) if self.frozen_weights else self.quantized_kernel()
+            if self.op == "dense":
+                y = tf.matmul(x, k)
+            elif self.op == "depthwise":
+                y = tf.nn.depthwise_conv2d(x, k, strides=(1, *self.strides, 1), padding=self.padding,
+                                           dilations=self.dilation)
+            else:
+                y = tf.nn.conv2d(x, k, strides=self.strides, padding=self.padding, dilations=self.dilation)
+            y = tf.nn.bias_add(y, self.bias)
+            if self.activation == "relu":
+                y = tf.nn.relu(y)
+            elif self.activation == "relu6":
+                y = tf.nn.relu6(y)
+            return y
+
+    _LAYERS = {"ActQuant": ActQuant, "QConv": QConv}
+    return _LAYERS
+
+
+_LAYERS = None
+
+
+# ------------------------------------------------------------------------------ graph
+
+class _Node:
+    def __init__(self, op, node, inputs, outputs, ids):
+        self.op, self.node, self.inputs, self.outputs, self.ids = op, node, inputs, outputs, ids
+
+    @property
+    def type(self) -> str:
+        return type(self.op).__name__
+
+
+def _is_model(op) -> bool:
+    import keras
+
+    return isinstance(op, keras.Model)
+
+
+def trace(model) -> tuple[list[_Node], list[int], list[int]]:
+    """The model's graph as a flat list of layer calls (nested functional/Sequential models inlined),
+    tensors numbered: (nodes in topological order, input tensor ids, output tensor ids)."""
+    import sys
+
+    if not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise UsageError(f"QAT needs a functional or Sequential Keras model; '{model.name}' "
+                         f"({type(model).__name__}) has no graph to rebuild (a subclassed model)",
+                         hint="use --int8 ptq or fallback for it")
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    nodes: list[_Node] = []
+    count = [0]
+
+    def new_id():
+        count[0] += 1
+        return count[0] - 1
+
+    def visit(m, input_ids):
+        if not getattr(m, "inputs", None):
+            raise UsageError(f"QAT cannot rebuild the nested model '{m.name}' ({type(m).__name__}): it has no "
+                             "functional graph", hint="use --int8 ptq or fallback for it")
+        local = {id(t): i for t, i in zip(m.inputs, input_ids)}
+
+        def ev(kt):
+            if id(kt) in local:
+                return local[id(kt)]
+            op, node_index, _ = kt._keras_history
+            node = op._inbound_nodes[node_index]
+            ins = [ev(t) for t in node.input_tensors]
+            if _is_model(op):
+                outs = visit(op, ins)
+            else:
+                outs = [new_id() for _ in node.outputs]
+                nodes.append(_Node(op, node, ins, outs, {id(t): i for t, i in zip(node.input_tensors, ins)}))
+            for t, i in zip(node.outputs, outs):
+                local[id(t)] = i
+            return local[id(kt)]
+
+        return [ev(t) for t in m.outputs]
+
+    inputs = [new_id() for _ in model.inputs]
+    outputs = visit(model, inputs)
+    return nodes, inputs, outputs
+
+
+def _activation_name(op) -> str:
+    act = getattr(op, "activation", None)
+    name = getattr(act, "__name__", str(act)) if act is not None else "linear"
+    return {"silu": "swish"}.get(name, name)
+
+
+def check_supported(model) -> None:
+    """Refuse, in one line, a model the QAT rebuild cannot handle."""
+    nodes, _, _ = trace(model)
+    bad = sorted({n.type for n in nodes if n.type not in SUPPORTED})
+    if bad:
+        raise UsageError(f"QAT cannot rebuild layer type(s) {', '.join(bad)} of '{model.name}' "
+                         f"(supported: Conv2D, DepthwiseConv2D, Dense, BatchNormalization, ReLU/Activation, Add, "
+                         "pooling, Flatten/Reshape/Dropout, Rescaling, Softmax)",
+                         hint="use --int8 ptq or --int8 fallback for this model")
+    for n in nodes:
+        if n.type == "Conv2D" and getattr(n.op, "groups", 1) != 1:
+            raise UsageError(f"QAT cannot rebuild grouped Conv2D '{n.op.name}'", hint="use --int8 ptq or fallback")
+        if n.type in COMPUTE or n.type == "Activation":
+            act = _activation_name(n.op)
+            if act not in ACTIVATIONS:
+                raise UsageError(f"QAT cannot rebuild activation '{act}' of layer '{n.op.name}'",
+                                 hint="use --int8 ptq or fallback")
+        if n.type == "BatchNormalization" and n.op.axis not in (-1, len(n.node.input_tensors[0].shape) - 1):
+            raise UsageError(f"QAT supports BatchNormalization on the last axis only ('{n.op.name}')",
+                             hint="use --int8 ptq or fallback")
+
+
+def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization in inference mode as y = x * scale + shift."""
+    w = {v.path.split("/")[-1]: np.asarray(v, np.float64) for v in bn.weights}
+    c = len(w["moving_mean"])
+    gamma = w.get("gamma", np.ones(c))
+    beta = w.get("beta", np.zeros(c))
+    scale = gamma / np.sqrt(w["moving_variance"] + bn.epsilon)
+    return scale, beta - w["moving_mean"] * scale
+
+
+def build_qat_model(model):
+    """The QAT rebuild of `model` (see the module doc). Returns (qat_model, notes): notes counts what
+    was folded and converted. The new model's weights start from the original's."""
+    import keras
+
+    check_supported(model)
+    L = _layers()
+    nodes, input_ids, output_ids = trace(model)
+    consumers: dict[int, list[_Node]] = {}
+    for n in nodes:
+        for i in n.inputs:
+            consumers.setdefault(i, []).append(n)
+    outputs_set = set(output_ids)
+
+    def only_reader(tid):
+        readers = consumers.get(tid, [])
+        return readers[0] if len(readers) == 1 and tid not in outputs_set else None
+
+    folded: dict[int, int] = {}      # id(BN node) -> its conv node's output id
+    fold_into: dict[int, _Node] = {}  # id(conv node) -> the BN node
+    for n in nodes:
+        if n.type in COMPUTE and _activation_name(n.op) == "linear":
+            reader = only_reader(n.outputs[0])
+            if reader is not None and reader.type == "BatchNormalization" and len(n.node.outputs[0].shape) >= 2:
+                fold_into[id(n)] = reader
+                folded[id(reader)] = n.outputs[0]
+
+    def fused_into_reader(tid) -> bool:
+        reader = only_reader(tid)
+        if reader is None:
+            return False
+        if reader.type == "ReLU" and reader.op.negative_slope == 0 and reader.op.threshold == 0:
+            return True
+        return reader.type == "Activation" and _activation_name(reader.op) in ("relu", "relu6")
+
+    env: dict[int, object] = {}
+    notes = {"bn_folded": 0, "bn_as_depthwise": 0, "weight_layers": 0, "activation_ranges": 0}
+    names: set[str] = set()
+
+    def uname(base):
+        name, k = base, 1
+        while name in names:
+            k += 1
+            name = f"{base}_{k}"
+        names.add(name)
+        return name
+
+    def aq(x, base):
+        notes["activation_ranges"] += 1
+        return L["ActQuant"](name=uname(f"{base}_aq"))(x)
+
+    new_inputs = []
+    for t, tid in zip(model.inputs, input_ids):
+        inp = keras.Input(tuple(t.shape[1:]), name=getattr(t, "name", None) or "image", dtype="float32")
+        new_inputs.append(inp)
+        env[tid] = aq(inp, "input")
+
+    for n in nodes:
+        x_ids = n.inputs
+        name = n.op.name
+        t = n.type
+        if t == "BatchNormalization" and id(n) in folded:
+            env[n.outputs[0]] = env[folded[id(n)]]
+            continue
+        if t in COMPUTE:
+            op = n.op
+            kernel = np.asarray(op.kernel, np.float64)
+            bias = np.asarray(op.bias, np.float64) if getattr(op, "use_bias", False) and op.bias is not None \
+                else np.zeros(kernel.shape[-1] if t != "DepthwiseConv2D" else kernel.shape[2] * kernel.shape[3])
+            kind = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}[t]
+            bn = fold_into.get(id(n))
+            if bn is not None:
+                scale, shift = _bn_affine(bn.op)
+                if kind == "depthwise":
+                    kh, kw, cin, mult = kernel.shape
+                    kernel = (kernel.reshape(kh, kw, cin * mult) * scale).reshape(kh, kw, cin, mult)
+                else:
+                    kernel = kernel * scale
+                bias = bias * scale + shift
+                notes["bn_folded"] += 1
+            act = _activation_name(op)
+            fused = act if act in FUSABLE_ACTIVATIONS else "linear"
+            kw = {} if kind == "dense" else {"strides": op.strides, "padding": op.padding,
+                                             "dilation": op.dilation_rate}
+            y = L["QConv"](kind, kernel, bias, activation=fused, name=uname(f"{name}_q"), **kw)(env[x_ids[0]])
+            notes["weight_layers"] += 1
+            if act not in FUSABLE_ACTIVATIONS:
+                y = aq(y, name)
+                y = keras.layers.Activation(act, name=uname(f"{name}_act"))(y)
+            out_id = bn.outputs[0] if bn is not None else n.outputs[0]
+            env[out_id] = y if fused_into_reader(out_id) else aq(y, name)
+            if bn is not None:
+                env[n.outputs[0]] = env[out_id]
+            continue
+        if t == "BatchNormalization":
+            if len(n.node.input_tensors[0].shape) != 4:
+                raise UsageError(f"QAT cannot rebuild BatchNormalization '{name}' on a {len(n.node.input_tensors[0].shape)}-D "
+                                 "tensor that does not follow a Conv/Dense", hint="use --int8 ptq or fallback")
+            scale, shift = _bn_affine(n.op)
+            y = L["QConv"]("depthwise", scale.reshape(1, 1, -1, 1), shift, name=uname(f"{name}_q"))(env[x_ids[0]])
+            notes["bn_as_depthwise"] += 1
+            notes["weight_layers"] += 1
+            env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
+            continue
+        if t == "InputLayer":
+            continue
+        # everything else: call a fresh copy of the layer (same config and weights) on the new tensors
+        clone = type(n.op).from_config({**n.op.get_config(), "name": uname(name)})
+        args = _map_args(n, env)
+        y = clone(*args[0], **args[1])
+        if n.op.weights:
+            clone.set_weights(n.op.get_weights())
+        if t in PASS_THROUGH:
+            env[n.outputs[0]] = y
+        else:
+            env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
+    outs = [env[i] for i in output_ids]
+    qat = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs, outs[0] if len(outs) == 1 else outs,
+                      name=f"{model.name}_qat")
+    return qat, notes
+
+
+def _map_args(n: _Node, env):
+    import keras
+
+    def sub(x):
+        if keras.utils.is_keras_tensor(x):
+            return env[n.ids[id(x)]]
+        return x
+
+    args = keras.tree.map_structure(sub, n.node.arguments.args)
+    kwargs = keras.tree.map_structure(sub, n.node.arguments.kwargs)
+    kwargs.pop("training", None)
+    kwargs.pop("mask", None)
+    return list(args), dict(kwargs)
+
+
+def act_quant_layers(qat_model):
+    cls = _layers()["ActQuant"]
+    return [l for l in qat_model.layers if isinstance(l, cls)]
+
+
+def calibrate(qat_model, images: np.ndarray, batch: int = 64) -> None:
+    """Activation ranges = min/max over `images` (the weights' fake quant on)."""
+    aqs = act_quant_layers(qat_model)
+    for l in aqs:
+        l.calibrating = True
+    try:
+        for i in range(0, len(images), batch):
+            qat_model(images[i: i + batch], training=False)
+    finally:
+        for l in aqs:
+            l.calibrating = False
+
+
+def fine_tune(qat_model, x: np.ndarray, y: np.ndarray, *, epochs: int = DEFAULT_EPOCHS,
+              steps: int | None = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR,
+              output: str = "probabilities", seed: int = 0) -> dict:
+    """Fine-tune with simulated int8: Adam at `lr`, sparse cross-entropy on the model's own output
+    convention, `epochs` passes over (x, y) capped at `steps` steps in all. Returns what was done."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    n = len(x)
+    per_epoch = max(1, int(np.ceil(n / batch_size)))
+    total = per_epoch * max(1, epochs)
+    if steps:
+        total = min(total, steps)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=(output == "logits"))
+    qat_model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    done = 0
+    losses = []
+    while done < total:
+        order = rng.permutation(n)
+        for i in range(0, n, batch_size):
+            if done >= total:
+                break
+            idx = np.sort(order[i: i + batch_size])
+            out = qat_model.train_on_batch(np.asarray(x[idx], np.float32), np.asarray(y[idx]), return_dict=True)
+            losses.append(float(out["loss"]))
+            done += 1
+    return {"steps": done, "epochs": round(done / per_epoch, 3), "batch_size": batch_size, "lr": lr,
+            "images": int(min(n, done * batch_size)), "optimizer": "Adam",
+            "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+# ------------------------------------------------------------------------------ export
+
+def concrete_function(qat_model, input_shape, input_name: str = "image"):
+    tf = _tf()
+    spec = tf.TensorSpec((None, *input_shape), tf.float32, name=input_name)
+
+    @tf.function(input_signature=[spec])
+    def serve(x):
+        return {"probabilities": qat_model(x, training=False)}
+
+    return serve.get_concrete_function()
+
+
+def tflite_bytes(qat_model, input_shape) -> bytes:
+    """The full-int8 TFLite file of a QAT model: int8 input and output, every op int8, the ranges
+    the fake-quant ops carry (no calibration pass). from_concrete_functions WITHOUT the trackable
+    object: with it the converter misses the QAT graph."""
+    from exporter.quiet import native_stderr_hidden
+
+    tf = _tf()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(qat_model, input_shape)])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    with native_stderr_hidden():
+        return converter.convert()
+
+
+def freeze_weights(qat_model) -> None:
+    """Round every kernel to its int8 grid in place (fake quant applied once, then off): the form
+    tf2onnx exports, whose weights onnx_weight_qdq turns back into int8 initialisers."""
+    cls = _layers()["QConv"]
+    for layer in qat_model.layers:
+        if isinstance(layer, cls) and not layer.frozen_weights:
+            layer.kernel.assign(layer.quantized_kernel())
+            layer.frozen_weights = True
+
+
+def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 17):
+    """The QDQ ONNX graph of a QAT model: tf2onnx on the frozen model (activations' FakeQuant ->
+    QuantizeLinear/DequantizeLinear, uint8), then onnx_weight_qdq (int8 weights, int32 biases). The
+    model's kernels are rounded to their int8 grid in place (which changes nothing it computes)."""
+    from exporter.errors import require
+
+    tf = _tf()
+    tf2onnx = require("tf2onnx", extra="full", purpose="ONNX export")
+    freeze_weights(qat_model)
+    spec = (tf.TensorSpec((None, *input_shape), tf.float32, name=input_name),)
+
+    @tf.function(input_signature=spec)
+    def serve(x):
+        return {"probabilities": qat_model(x, training=False)}
+
+    try:
+        proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
+    finally:  # the kernels stay on their grid; fake quant on again (idempotent) for later exports
+        for layer in qat_model.layers:
+            if isinstance(layer, _layers()["QConv"]):
+                layer.frozen_weights = False
+    onnx_weight_qdq(proto)
+    return proto
+
+
+def onnx_weight_qdq(proto) -> dict:
+    """Put the int8 weights back behind DequantizeLinear: each Conv's weight initializer (on its int8
+    grid, per output channel: axis 0) and each MatMul's (per tensor) becomes int8 values + scale; a
+    Conv's bias becomes int32 with scale input_scale x weight_scale when its input comes from a
+    DequantizeLinear. ONNX Runtime then runs those nodes in int8 (QLinearConv/QLinearMatMul)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = proto.graph
+    inits = {t.name: t for t in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    uses: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            uses[i] = uses.get(i, 0) + 1
+    new_nodes, counts = [], {"weights": 0, "biases": 0}
+
+    def dq(name, q, scale, zero, axis, dtype):
+        base = f"{name}_q"
+        g.initializer.extend([numpy_helper.from_array(q, base), numpy_helper.from_array(scale.astype(np.float32), f"{base}_scale"),
+                              numpy_helper.from_array(zero, f"{base}_zero")])
+        out = f"{name}_dq"
+        attrs = {"axis": axis} if scale.ndim else {}
+        new_nodes.append(helper.make_node("DequantizeLinear", [base, f"{base}_scale", f"{base}_zero"], [out],
+                                          name=f"{name}_DequantizeLinear", **attrs))
+        return out
+
+    def input_scale(tensor):
+        p = producer.get(tensor)
+        while p is not None and p.op_type in ("Reshape", "Transpose", "MaxPool", "Flatten") and p.input:
+            p = producer.get(p.input[0])
+        if p is not None and p.op_type == "DequantizeLinear" and p.input[1] in inits:
+            return float(numpy_helper.to_array(inits[p.input[1]]))
+        return None
+
+    for n in list(g.node):
+        if n.op_type not in ("Conv", "MatMul") or len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
+        if n.op_type == "Conv":
+            m = np.abs(w.reshape(w.shape[0], -1)).max(1)
+            scale = np.where(m > 0, m / 127.0, 1.0)
+            q = np.clip(np.round(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -127, 127).astype(np.int8)
+            zero = np.zeros(len(scale), np.int8)
+            axis = 0
+        else:
+            m = float(np.abs(w).max())
+            scale = np.array(m / 127.0 if m > 0 else 1.0)
+            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            zero = np.array(0, np.int8)
+            axis = 0
+        n.input[1] = dq(f"{n.name}_w", q, scale, zero, axis, TensorProto.INT8)
+        counts["weights"] += 1
+        if n.op_type == "Conv" and len(n.input) > 2 and n.input[2] in inits:
+            s_in = input_scale(n.input[0])
+            if s_in is not None:
+                b = numpy_helper.to_array(inits[n.input[2]]).astype(np.float64)
+                bscale = s_in * scale
+                qb = np.round(b / bscale).astype(np.int32)
+                n.input[2] = dq(f"{n.name}_b", qb, bscale, np.zeros(len(bscale), np.int32), 0, TensorProto.INT32)
+                counts["biases"] += 1
+    # DequantizeLinear nodes first: they read only initializers, so topological order holds
+    nodes = new_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return counts
