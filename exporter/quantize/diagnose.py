@@ -36,7 +36,7 @@ import numpy as np
 
 from exporter import data as data_mod
 from exporter import formats
-from exporter.errors import ResexportError, UsageError, ValidationFailed, require
+from exporter.errors import UsageError, ValidationFailed, require
 from exporter.fsutil import atomic_path
 from exporter.progress import NULL, Progress
 from exporter.run import Run
