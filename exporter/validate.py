@@ -210,6 +210,8 @@ def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, over
     ref_path = run.model_path
     return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else run.recorded_model_sha256,
             "artifacts": {k: _sha_or_none(run.artifact_path(k)) for k in kinds},
+            "qat_models": {k: _sha_or_none(run / run.artifact(k)["qat"]["model_file"]) for k in kinds
+                           if (run.artifact(k).get("qat") or {}).get("model_file")},
             "test_set": dataset.content_hash, "batch_size": batch_size,
             "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
             "gates": {k: asdict(formats.get(k).gates) for k in kinds}}
@@ -262,7 +264,7 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         out, seconds = run_runner(runner, x, batch_size, progress, name)
         metrics = compare(ref, out, y, dataset.class_names, convention)
         metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
-        qat_ref = qat_reference(run, entry, x, batch_size, qat_refs)
+        qat_ref, qat_problem = qat_reference(run, entry, x, batch_size, qat_refs)
         if qat_ref is not None:  # a QAT artifact: agreement and diffs against the fine-tuned model it was
             # exported from, the drop against the original (issue 20's two claims); agreement with the original reported
             own = compare(qat_ref, out, y, dataset.class_names, convention)
@@ -274,7 +276,7 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         gates = kind.gates.override(**(overrides or {}))
         metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
                                                        tolerance=gates.max_batch_diff)
-        failures = check_gates(metrics, gates)
+        failures = check_gates(metrics, gates) + ([qat_problem] if qat_problem else [])
         unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
         if not unchanged:
             log.warning("%s changed since it was converted (sha256 differs from the manifest)", entry["file"])
@@ -308,13 +310,21 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     return report
 
 
-def qat_reference(run: Path, entry: dict, x, batch_size: int, cache: dict):
-    """The outputs of the fine-tuned model a QAT artifact was exported from (manifest entry's qat.model_file),
-    or None for any other artifact."""
+def qat_reference(run: Run, entry: dict, x, batch_size: int, cache: dict) -> tuple[np.ndarray | None, str | None]:
+    """(outputs, problem): the outputs of the fine-tuned model a QAT artifact was exported from (the manifest
+    entry's qat.model_file), (None, None) for any other artifact. A QAT artifact whose fine-tuned model is
+    missing, or is not the one it was exported from (sha256), cannot be judged: (None, the reason), which
+    fails it."""
     qat = entry.get("qat") or {}
     name = qat.get("model_file")
-    if not name or not (run / name).is_file():
-        return None
+    if not name:
+        return None, None
+    path = run / name
+    if not path.is_file():
+        return None, f"its fine-tuned model {name} is missing (re-convert with --int8 qat)"
+    if qat.get("model_sha256") and sha256_file(path) != qat["model_sha256"]:
+        return None, (f"{name} is not the fine-tuned model it was exported from (sha256 differs: a later QAT "
+                      "replaced it); re-convert it with --int8 qat --force")
     if name not in cache:
         import keras
 
@@ -323,7 +333,7 @@ def qat_reference(run: Path, entry: dict, x, batch_size: int, cache: dict):
         qat_mod._layers()  # registers the QAT layers for loading
         model = keras.saving.load_model(run / name, compile=False)
         cache[name] = model.predict(x, batch_size=batch_size, verbose=0)
-    return cache[name]
+    return cache[name], None
 
 
 def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:

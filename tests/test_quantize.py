@@ -265,6 +265,21 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
         {"tflite-int8": "up to date", "onnx-int8": "up to date"}
     json.dumps(man)  # the records are plain JSON
 
+    # validate judges a QAT artifact against the fine-tuned model it came from, and only that one
+    from exporter.data import subset
+    from exporter.validate import validate
+
+    test = subset(fmnist, test_limit=200)
+    report = validate(run=run, dataset=test, kinds=["tflite-int8", "onnx-int8"])
+    assert {r["agreement_reference"] for r in report["artifacts"]} == {"model_qat.keras"}
+    shutil.copy2(run / "model.keras", run / "model_qat.keras")  # a later fine-tuning, or a stray copy
+    report = validate(run=run, dataset=test, kinds=["tflite-int8", "onnx-int8"])
+    for row in report["artifacts"]:
+        assert not row["passed"] and any("not the fine-tuned model" in f for f in row["failures"]), row["failures"]
+    (run / "model_qat.keras").unlink()
+    report = validate(run=run, dataset=test, kinds=["tflite-int8"])
+    assert any("is missing" in f for f in report["artifacts"][0]["failures"])
+
 
 def test_qat_rebuilds_a_sequential_model_with_logits():
     from exporter.quantize import qat
