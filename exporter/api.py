@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from exporter import formats
+from exporter.data.select import one_scan
 from exporter.errors import ResexportError, UsageError, ValidationFailed
 from exporter.progress import NULL, Progress
 from exporter.run import Run
@@ -61,23 +62,48 @@ def _kinds(fmt: str, quantize: str) -> list[formats.ArtifactKind]:
     return formats.select(fmt, quantize)
 
 
-def train(*, model: str = "resmini", data: PathLike = "fashion_mnist", run: PathLike | None = None,
+def train(*, model: str = "resmini", data: PathLike | None = None, run: PathLike | None = None,
           recipe: str = "fast", epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
-          bn_momentum: float | None = None, seed: int = 0, scale: str | None = None,
-          train_limit: int | None = None, test_limit: int | None = None, force: bool = False,
-          progress: Progress = NULL) -> Run:
-    """Train a registry model (exporter.models) on `data` (a built-in name, an image folder or an .npz)
-    into a new run folder, and return the Run."""
-    from exporter.data.select import open_data
-    from exporter.run import default_run_path
-    from exporter.train import resolve_recipe, train as train_stage
+          bn_momentum: float | None = None, seed: int = 0, scale: str | None = None, test_split: float | None = None,
+          train_limit: int | None = None, test_limit: int | None = None, data_dir: PathLike | None = None,
+          augment: str | None = None, val_split: float = 0.0, max_batches: int | None = None,
+          devices: str | int = 1, workers: int | None = None, resume: PathLike | None = None,
+          force: bool = False, progress: Progress = NULL):
+    """Train a registry model (exporter.models) on `data` (a built-in name, default the model's own; an image
+    folder; an .npz) into a new run folder; returns exporter.train.TrainResult (its .run a Run).
 
-    r = resolve_recipe(recipe, epochs=epochs, batch_size=batch_size, lr=lr, bn_momentum=bn_momentum)
-    ds = open_data(str(data), scale=scale, train_limit=train_limit, test_limit=test_limit)
-    target = Path(run) if run is not None else default_run_path(model, data)
-    result = train_stage(model_name=model, dataset=ds, run=target, recipe=r, seed=seed, force=force,
-                         progress=progress)
-    return Run(result.run)
+    Input is streamed (exporter.stream); every epoch is checkpointed in the run's staging folder, and the
+    same call again (or resume=RUN, with the settings it was started with) continues an interrupted run."""
+    from exporter.data.select import open_data
+    from exporter.models import spec
+    from exporter.run import default_run_path
+    from exporter.stream import parse_augment
+    from exporter.train import find_partial, resolve_recipe, resume_command, train as train_stage, training_key
+
+    command = dict(model=model, dataset=str(Path(data).resolve()) if data and Path(data).exists() else data,
+                   scale=scale, test_split=test_split, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                   bn_momentum=bn_momentum, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                   augment=augment, val_split=val_split, max_batches=max_batches,
+                   data_dir=str(data_dir) if data_dir else None)
+    if resume is not None:  # the settings the run was started with; devices and workers may differ
+        command, run = resume_command(Path(resume)), resume
+    c = dict(command)
+    spec_data = c["dataset"] or spec(c["model"]).dataset
+    r = resolve_recipe(c["recipe"], epochs=c["epochs"], batch_size=c["batch_size"], lr=c["lr"],
+                       bn_momentum=c["bn_momentum"])
+    with one_scan():
+        ds = open_data(spec_data, scale=c["scale"], data_dir=c["data_dir"], test_split=c["test_split"],
+                       train_limit=c["train_limit"], test_limit=c["test_limit"])
+    if len(ds.y_train) == 0:
+        raise UsageError(f"{spec_data} has no training split",
+                         hint="use a folder with train/ and test/, or pass --test-split F")
+    streaming = dict(augment=parse_augment(c["augment"]), val_split=c["val_split"], max_batches=c["max_batches"])
+    target = run or (None if force else find_partial(training_key(c["model"], ds, r, c["seed"], **streaming))) or \
+        default_run_path(c["model"], spec_data)
+    result = train_stage(model_name=c["model"], dataset=ds, run=Path(target), recipe=r, seed=c["seed"], force=force,
+                         devices=devices, workers=workers, command=command, progress=progress, **streaming)
+    result.run = Run(result.run)
+    return result
 
 
 def convert(model=None, *, run: Run | PathLike | None = None, data: PathLike | None = None,
@@ -91,8 +117,6 @@ def convert(model=None, *, run: Run | PathLike | None = None, data: PathLike | N
     run folder is made around it (at `run`, or artifacts/<name>-import-<data>-<time>) with `data`'s
     test and calibration images, preprocessed as the model needs (exporter.data.preprocessing.decide).
     Without a model, the existing run `run` (default: the newest) is converted."""
-    from exporter.data.select import one_scan
-
     kinds = _kinds(format, quantize)
     with one_scan():
         return _convert(model, kinds, run=run, data=data, scale=scale, calib_samples=calib_samples, fallback=fallback,

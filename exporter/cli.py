@@ -170,36 +170,14 @@ def train(
 ):
     """Train a registry model and create its run folder (model.keras, history.json, manifest.json).
     Input is streamed; every epoch is checkpointed, so an interrupted run continues where it stopped."""
-    from exporter.data.select import open_data
-    from exporter.errors import UsageError
-    from exporter.models import spec
-    from exporter.run import default_run_path
-    from types import SimpleNamespace
+    from exporter.api import train as train_fn
 
-    from exporter.stream import parse_augment
-    from exporter.train import find_partial, resolve_recipe, resume_command, train as train_fn, training_key
-
-    command = dict(model=model, dataset=str(Path(dataset).resolve()) if dataset and Path(dataset).exists() else dataset,
-                   scale=scale, test_split=test_split, recipe=recipe, epochs=epochs,
-                   batch_size=batch_size, lr=lr, bn_momentum=bn_momentum, seed=seed, train_limit=train_limit,
-                   test_limit=test_limit, augment=augment, val_split=val_split, max_batches=max_batches,
-                   data_dir=str(data_dir) if data_dir else None)
-    if resume is not None:  # the settings the run was started with; --devices/--workers may differ
-        command, run = resume_command(resume), resume
-    c = SimpleNamespace(**command)
-    dataset = c.dataset or spec(c.model).dataset
-    r = resolve_recipe(c.recipe, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, bn_momentum=c.bn_momentum)
-    ds = open_data(dataset, scale=c.scale, data_dir=c.data_dir, test_split=c.test_split, train_limit=c.train_limit,
-                   test_limit=c.test_limit)
-    if len(ds.y_train) == 0:
-        raise UsageError(f"{dataset} has no training split", hint="use a folder with train/ and test/, or pass "
-                                                                  "--test-split F")
-    streaming = dict(augment=parse_augment(c.augment), val_split=c.val_split, max_batches=c.max_batches)
-    run = run or (None if force else find_partial(training_key(c.model, ds, r, c.seed, **streaming))) or \
-        default_run_path(c.model, dataset)
-    model, dataset = c.model, ds.name
-    result = train_fn(model_name=model, dataset=ds, run=run, recipe=r, seed=c.seed, force=force, devices=devices,
-                      workers=workers, command=command, progress=progress(json_out), **streaming)
+    result = train_fn(model=model, data=dataset, run=run, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                      bn_momentum=bn_momentum, seed=seed, scale=scale, test_split=test_split, train_limit=train_limit,
+                      test_limit=test_limit, data_dir=data_dir, augment=augment, val_split=val_split,
+                      max_batches=max_batches, devices=devices, workers=workers, resume=resume, force=force,
+                      progress=progress(json_out))
+    model, dataset = result.run.model_name, result.run.dataset_name
     summary = {"run": str(result.run), "model": model, "dataset": dataset,
                "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
                "epochs": result.epochs, "resumed": result.resumed}
