@@ -108,42 +108,54 @@ def train(*, model: str = "resmini", data: PathLike | None = None, run: PathLike
 
 def convert(model=None, *, run: Run | PathLike | None = None, data: PathLike | None = None,
             scale: str | None = None, format: str = "all", quantize: str = "all",  # noqa: A002  (the CLI's name)
-            calib_samples: int = 500, fallback: str = "none", target_cpu: str = "auto",
-            test_split: float | None = None, calib_data: PathLike | None = None, force: bool = False,
+            calib_samples: int = 500, int8: str | None = None, qat_epochs: float | None = None,
+            fallback: str = "none", target_cpu: str = "auto", test_split: float | None = None,
+            calib_data: PathLike | None = None, data_dir: PathLike | None = None, force: bool = False,
             unsafe: bool = False, progress: Progress = NULL) -> Run:
     """Export a model to TFLite and/or ONNX and return its Run.
 
     model: a keras.Model object, or a path to a .keras / legacy .h5 file or a SavedModel folder; a new
     run folder is made around it (at `run`, or artifacts/<name>-import-<data>-<time>) with `data`'s
     test and calibration images, preprocessed as the model needs (exporter.data.preprocessing.decide).
-    Without a model, the existing run `run` (default: the newest) is converted."""
-    kinds = _kinds(format, quantize)
-    with one_scan():
-        return _convert(model, kinds, run=run, data=data, scale=scale, calib_samples=calib_samples, fallback=fallback,
-                        target_cpu=target_cpu, test_split=test_split, calib_data=calib_data, force=force,
-                        unsafe=unsafe, progress=progress)
+    Without a model, the existing run `run` (default: the newest) is converted. int8: ptq (default), qat,
+    fallback or auto (exporter.quantize)."""
+    return convert_with_status(model, run=run, data=data, scale=scale, format=format, quantize=quantize,
+                               calib_samples=calib_samples, int8=int8, qat_epochs=qat_epochs, fallback=fallback,
+                               target_cpu=target_cpu, test_split=test_split, calib_data=calib_data, data_dir=data_dir,
+                               force=force, unsafe=unsafe, progress=progress)[0]
 
 
-def _convert(model, kinds, *, run, data, scale, calib_samples, fallback, target_cpu, test_split, calib_data, force,
-             unsafe, progress) -> Run:
-    from exporter.convert import convert as convert_stage, import_model
+def convert_with_status(model=None, *, run=None, data=None, scale=None, format="all", quantize="all",  # noqa: A002
+                        calib_samples=500, int8=None, qat_epochs=None, fallback="none", target_cpu="auto",
+                        test_split=None, calib_data=None, data_dir=None, force=False, unsafe=False,
+                        progress: Progress = NULL) -> tuple[Run, dict[str, str]]:
+    """convert(), also returning {kind: 'written' | 'up to date' | 'failed: reason'} (what the CLI shows)."""
+    from exporter.convert import convert as convert_stage, import_model, int8_mode
     from exporter.data.select import open_for_run
 
-    if model is not None:
-        with _model_file(model) as path:
-            target = import_model(path, run=None if run is None else Path(run), data=None if data is None else str(data),
-                                  scale=scale, test_split=test_split, calib_data=calib_data, force=force,
-                                  unsafe=unsafe)
-        force = False  # the new run has no artifacts yet
-    else:
-        if scale is not None or test_split is not None or calib_data is not None:
-            raise UsageError("scale, test_split and calib_data are set when a model is imported",
-                             hint="pass the model again to make a new run")
-        target = Run.of(run)
-    dataset = open_for_run(target, data=None if model is not None or data is None else str(data))
-    convert_stage(run=target, kinds=kinds, dataset=dataset, calib_samples=calib_samples, force=force, unsafe=unsafe,
-                  fallback=fallback, target_cpu=target_cpu, progress=progress)
-    return target.reload()
+    from exporter.export.source import tensorflow
+
+    kinds = _kinds(format, quantize)
+    int8_mode(int8, fallback)  # a bad int8/fallback is refused before a run folder is made
+    tensorflow()  # conversion needs Keras on TensorFlow: refused before a run folder is made, too
+    with one_scan():
+        if model is not None:
+            with _model_file(model) as path:
+                target = import_model(path, run=None if run is None else Path(run),
+                                      data=None if data is None else str(data), scale=scale, test_split=test_split,
+                                      calib_data=calib_data, data_dir=data_dir, force=force, unsafe=unsafe)
+            force = False  # the new run has no artifacts yet
+        else:
+            if scale is not None or test_split is not None or calib_data is not None:
+                raise UsageError("--scale, --test-split and --calib-data are set when a model is imported (--model)",
+                                 hint="the run records them; pass --model again to make a new run")
+            target = Run.of(run)
+        dataset = open_for_run(target, data_dir=data_dir,
+                               data=None if model is not None or data is None else str(data))
+        status = convert_stage(run=target, kinds=kinds, dataset=dataset, calib_samples=calib_samples, force=force,
+                               unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, int8=int8,
+                               qat_epochs=qat_epochs, progress=progress)
+    return target.reload(), status
 
 
 class _model_file:

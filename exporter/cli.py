@@ -233,32 +233,17 @@ def convert(
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    from exporter.run import Run
-    from exporter.convert import convert as convert_fn, import_model
+    from exporter.api import convert_with_status
     from exporter.errors import UsageError
     from exporter.report import CONVERT_HEADERS, convert_rows
 
-    kinds = formats.select(fmt, quantize)
-    if qat:
-        if int8 not in (None, "qat"):
-            raise UsageError(f"--qat is --int8 qat; it cannot be combined with --int8 {int8}")
-        int8 = "qat"
-    from exporter.convert import int8_mode
-
-    int8_mode(int8, fallback)  # a bad --int8/--fallback is refused before a run folder is made
-    if model is not None:
-        run = import_model(model, run=run, data=dataset, scale=scale, test_split=test_split, calib_data=calib_data,
-                           data_dir=data_dir, force=force, unsafe=unsafe)
-        force = False  # the new run has no artifacts yet
-    else:
-        if scale or test_split is not None or calib_data is not None:
-            raise UsageError("--scale, --test-split and --calib-data are set when a model is imported (--model)",
-                             hint="the run records them; pass --model again to make a new run")
-        run = Run.of(run)
-    ds = _run_dataset(run, data_dir, data=dataset if model is None else None)
-    status = convert_fn(run=run, kinds=kinds, dataset=ds, calib_samples=calib_samples, force=force,
-                        unsafe=unsafe, fallback=fallback, target_cpu=target_cpu, progress=progress(json_out),
-                        int8=int8, qat_epochs=qat_epochs)
+    if qat and int8 not in (None, "qat"):
+        raise UsageError(f"--qat is --int8 qat; it cannot be combined with --int8 {int8}")
+    run, status = convert_with_status(model, run=run, data=dataset, scale=scale, format=fmt, quantize=quantize,
+                                      calib_samples=calib_samples, int8="qat" if qat else int8, qat_epochs=qat_epochs,
+                                      fallback=fallback, target_cpu=target_cpu, test_split=test_split,
+                                      calib_data=calib_data, data_dir=data_dir, force=force, unsafe=unsafe,
+                                      progress=progress(json_out))
     rows = convert_rows(run, status)
     if json_out:
         print_json({"run": str(run), "artifacts": rows})

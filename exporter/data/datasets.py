@@ -498,9 +498,8 @@ def scaled_builtin(ds: Dataset, pp) -> Dataset:
         return ds
     if pp.is_identity and tuple(pp.shape) == tuple(ds.input_shape):
         return replace(ds, preprocessing=pp)
-    if tuple(pp.shape) != tuple(ds.input_shape):
-        raise UsageError(f"{ds.name} images are {tuple(ds.input_shape)}, the model takes {tuple(pp.shape)}",
-                         hint="built-in datasets are not resized; pass the matching --data")
+    if tuple(pp.shape) != tuple(ds.input_shape):  # built-ins are not resized: the model's own check
+        return ds                                 # (Runner.check_fits) refuses the pair, naming the model file
     return Dataset(ds.name, pp.scale_unit(ds.x_train), ds.y_train, pp.scale_unit(ds.x_test), ds.y_test,
                    ds.class_names, ds.source, ds.subset, {}, pp)
 
