@@ -24,7 +24,7 @@ from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs as out_mod
-from exporter.errors import InputError, ModelFileError, UsageError
+from exporter.errors import InputError, MissingRuntimeError, ModelFileError, ResexportError, UsageError
 from exporter.fsutil import sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.runtimes import Runner, load_runner
@@ -262,10 +262,15 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     marked "reused"."""
     man = mf.read_manifest(run)
     available = list(man["artifacts"])
+    requested = bool(kinds)
     kinds = kinds or available
-    if not kinds:
+    if not kinds and not man.get("export_failures"):
         raise UsageError(f"{run} has no exported artifacts to validate",
                          hint="run `resexport convert` first")
+    # kinds convert could not make (and has no older file of): each gets a failed verdict with its reason
+    failed_exports = [k for k in man.get("export_failures", {}) if k not in available]
+    requested_failed = [k for k in (kinds if requested else failed_exports) if k in failed_exports]
+    kinds = [k for k in kinds if k not in requested_failed]
     missing = [k for k in kinds if k not in available]
     if missing:
         raise UsageError(f"{run} has no artifact {', '.join(missing)}",
@@ -273,6 +278,8 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     inputs = validation_inputs(run, man, dataset, kinds, batch_size, overrides)
+    if requested_failed:
+        inputs["export_failures"] = {k: man["export_failures"][k] for k in requested_failed}
     key = mf.inputs_key(inputs)
     if reuse and not runners:
         stored = mf.read_json_if(run / VALIDATION_FILE)
@@ -285,19 +292,34 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     ref_acc = float((ref.argmax(1) == y).mean())
     ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
+    for name, failure in man.get("export_failures", {}).items():  # kinds convert could not make: failed verdicts
+        if name in requested_failed:
+            results.append(export_failure_result(name, failure["reason"]))
     for name in kinds:
         kind = formats.get(name)
         entry = man["artifacts"][name]
-        runner = (runners or {}).get(name) or load_runner(run / entry["file"], kind=name, threads=threads)
-        runner.check_fits(dataset.input_shape, dataset.num_classes)
-        out, seconds = run_runner(runner, x, batch_size, progress, name)
-        metrics = compare(ref, out, y, dataset.class_names, convention)
-        metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
-        if dataset.subset.get("test"):
-            metrics.update(sample_intervals(out, ref, y))
         gates = kind.gates.override(**(overrides or {}))
-        metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
-                                                       tolerance=gates.max_batch_diff)
+        try:
+            runner = (runners or {}).get(name) or load_runner(run / entry["file"], kind=name, threads=threads)
+            runner.check_fits(dataset.input_shape, dataset.num_classes)
+            out, seconds = run_runner(runner, x, batch_size, progress, name)
+            metrics = compare(ref, out, y, dataset.class_names, convention)
+            metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
+            if dataset.subset.get("test"):
+                metrics.update(sample_intervals(out, ref, y))
+            metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size,
+                                                           convention=convention, tolerance=gates.max_batch_diff)
+        except (MissingRuntimeError, UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _sha_or_none(run / entry["file"]) != entry.get("sha256"):
+                raise  # the file changed since we wrote it: the user's bad input, as before
+            # the file is ours, exactly as convert wrote it: this kind's failure, the others still get verdicts
+            reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s could not run: %s", name, reason)
+            results.append({**export_failure_result(name, " ".join(reason.split()), "could not run"),
+                            "file": entry["file"], "bytes": entry.get("bytes"), "gates": asdict(gates)})
+            continue
         failures = check_gates(metrics, gates)
         unchanged = sha256_file(run / entry["file"]) == entry.get("sha256")
         if not unchanged:
@@ -328,6 +350,13 @@ def validate(*, run: Path, dataset: data_mod.Dataset, kinds: list[str] | None = 
     }
     write_json_atomic(run / VALIDATION_FILE, report)
     return report
+
+
+def export_failure_result(kind: str, reason: str, what: str = "could not be made") -> dict:
+    """The verdict of a kind that has no outputs to compare: it failed, with its reason."""
+    return {"kind": kind, "file": formats.get(kind).filename, "bytes": None, "passed": False,
+            "failures": [f"{what}: {reason}"], "error": {"stage": "convert" if what == "could not be made" else "run",
+                                                        "reason": reason}}
 
 
 def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
