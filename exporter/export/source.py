@@ -111,8 +111,10 @@ class ExportSource:
         frozen = _without_xla_calls(frozen)
         leftover = [t for t in frozen.inputs if t.dtype != tf.resource]
         if len(leftover) != 1:
-            raise ModelFileError(f"{self.path}: the serving function still has {len(leftover)} inputs after "
-                                 "freezing (expected the image only)")
+            from exporter.errors import ExportError
+
+            raise ExportError(f"{self.path}: the serving function still has {len(leftover)} inputs after "
+                              "freezing (expected the image only)")
         spec = tf.TensorSpec((None, *self.input_shape), tf.float32, name=self.input_name)
 
         @tf.function(input_signature=[spec])
