@@ -22,15 +22,13 @@ import contextlib
 import logging
 from pathlib import Path
 
-from exporter.errors import ResexportError, require
+from exporter.errors import ExportError, ResexportError, require
 
 log = logging.getLogger(__name__)
 
 
-class ConformanceError(ResexportError):
+class ConformanceError(ExportError):
     """An artifact we made fails a conformance check: our export is broken (exit 70), not the input."""
-
-    kind = "export"
 
 
 def family_of(kind_or_family: str) -> str:
