@@ -250,6 +250,12 @@ def convert(
     else:
         print_table(f"converted {run}", CONVERT_HEADERS, [[r["kind"], r["file"], r["size"], r["status"], r["seconds"],
                                                            str(r.get("float_layers", ""))] for r in rows])
+    failed = {k: v[len("failed: "):] for k, v in status.items() if v.startswith("failed")}
+    if failed:  # the others were written; these are ours to fix (exit 70), never the user's bad input
+        from exporter.errors import ExportError
+
+        raise ExportError("; ".join(f"{k} could not be made: {why}" for k, why in failed.items()),
+                          hint="the other kinds were written; rerun with --debug and report this")
 
 
 # ------------------------------------------------------------------------------ inspect

@@ -155,7 +155,8 @@ def print_table(title: str, headers: list[str], rows: list[list[str]], *, left=(
     table = Table(title=escape(title))
     for h in headers:
         table.add_column(escape(h), justify="left" if h in left or h in ("gate", "provider", "moved most", "file",
-                                                                         "status") else "right")
+                                                                         "status") else "right",
+                         overflow="fold")  # long reasons wrap (and long words fold); never cut with an ellipsis
     for row in rows:
         table.add_row(*(escape(str(c)) for c in row))
     out.print(table)

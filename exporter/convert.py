@@ -14,7 +14,7 @@ from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs
-from exporter.errors import InputError, OutputExistsError, UsageError
+from exporter.errors import InputError, MissingRuntimeError, OutputError, OutputExistsError, ResexportError, UsageError
 from exporter.export.source import ExportSource, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
@@ -219,7 +219,8 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     if not todo:
         return status
 
-    source = ExportSource(ref_path, run.model_format, tuple(dataset.input_shape), unsafe=unsafe)
+    source = ExportSource(ref_path, run.model_format, tuple(dataset.input_shape), unsafe=unsafe,
+                          num_classes=dataset.num_classes)
     try:
         if source.family == "keras":
             model = source.keras_model()
@@ -239,31 +240,56 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)
-                out = run / kind.filename
-                start = time.perf_counter()
-                if kind.needs_calibration:
-                    details = session.make(kind, out, mode)
-                else:
-                    details = kind.load_exporter()(source, out, None)
-                if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic
-                    from exporter.export.onnx import write_metadata
-
-                    write_metadata(out, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in deploy.items()})
-                runner = load_runner(out, kind=kind.name)
-                entry = {
-                    "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,
-                    "bytes": out.stat().st_size, "sha256": sha256_file(out), "source_sha256": source_sha,
-                    "inputs_key": keys[kind.name],
-                    **runner.io_details(), "precision": runner.info.get("precision"),
-                    **({"calibration": calibration.describe()} if kind.needs_calibration else {}),
-                    "converter_versions": mf.library_versions(CONVERTER_PACKAGES),
-                    **details, "seconds": round(time.perf_counter() - start, 2), "created": mf.now_iso(),
-                }
-                runner.close()
+                try:
+                    entry = _export_one(kind, run=run, source=source, calibration=calibration, session=session,
+                                        mode=mode, deploy=deploy, key=keys[kind.name], source_sha=source_sha)
+                except (UsageError, OutputError, MissingRuntimeError, KeyboardInterrupt):
+                    raise  # the user's flags, the disk, the environment: not this kind's own failure
+                except Exception as exc:  # one kind that cannot be made never takes the others with it
+                    reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
+                    reason = " ".join(reason.split())
+                    log.warning("%s could not be made: %s", kind.name, reason, exc_info=log.isEnabledFor(logging.DEBUG))
+                    run.record_export_failure(kind.name, reason, keys[kind.name])
+                    status[kind.name] = f"failed: {reason}"
+                    task.advance()
+                    continue
+                run.clear_export_failure(kind.name)
                 run.set_artifact(kind.name, entry)
                 status[kind.name] = "written"
-                log.info("wrote %s (%d bytes)", out, entry["bytes"])
+                log.info("wrote %s (%d bytes)", run / kind.filename, entry["bytes"])
                 task.advance()
     finally:
         source.cleanup()
     return status
+
+
+def _export_one(kind: formats.ArtifactKind, *, run: Run, source: ExportSource, calibration, session, mode: str,
+                deploy: dict, key: str, source_sha: str) -> dict:
+    """Export one kind (through the exporters' conformance gate; int8 kinds through the quantize session's
+    remedy) and return its manifest entry."""
+    out = run / kind.filename
+    start = time.perf_counter()
+    if kind.needs_calibration:
+        details = session.make(kind, out, mode)
+    else:
+        details = kind.load_exporter()(source, out, None)
+    if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic
+        from exporter.export.onnx import write_metadata
+
+        write_metadata(out, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in deploy.items()})
+    if "conformance" not in details:  # a writer that bypassed the exporters' gate: check the file now
+        from exporter.export.conformance import check
+
+        details["conformance"] = check(kind.name, out, input_shape=source.input_shape, num_classes=source.num_classes)
+    runner = load_runner(out, kind=kind.name)
+    entry = {
+        "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,
+        "bytes": out.stat().st_size, "sha256": sha256_file(out), "source_sha256": source_sha,
+        "inputs_key": key,
+        **runner.io_details(), "precision": runner.info.get("precision"),
+        **({"calibration": calibration.describe()} if kind.needs_calibration else {}),
+        "converter_versions": mf.library_versions(CONVERTER_PACKAGES),
+        **details, "seconds": round(time.perf_counter() - start, 2), "created": mf.now_iso(),
+    }
+    runner.close()
+    return entry

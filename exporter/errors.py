@@ -54,6 +54,13 @@ class ModelFileError(InputError):
     """A model or artifact file cannot be read or does not fit the data."""
 
 
+class ExportError(ResexportError):
+    """We could not make (or check) an artifact from a model that is fine: our bug, never bad input."""
+
+    exit_code = 70
+    kind = "export failed"
+
+
 class ValidationFailed(ResexportError):
     exit_code = 4
     kind = "validation failed"

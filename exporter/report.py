@@ -56,6 +56,11 @@ def build_table(run) -> dict:
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
                      "speedup_vs_keras_compiled": b.get("speedup_vs_keras_compiled"),
                      "batch_diff": _batch_diff(v), "passed": v.get("passed"), "reference": False})
+    for kind, v in vrows.items():  # kinds convert could not make: a failed row with no numbers
+        if kind not in run.artifacts and "accuracy" not in v:
+            rows.append({"kind": kind, "file": v.get("file"), "bytes": None, "accuracy": None, "change_points": None,
+                         "agreement": None, "p50_ms_b1": None, "speedup_vs_keras_predict": None,
+                         "speedup_vs_keras_compiled": None, "batch_diff": None, "passed": False, "reference": False})
     return {"run": str(run), "model": run.model_name, "dataset": run.dataset_name,
             "test_samples": (val or {}).get("dataset", {}).get("samples"),
             "environment": (bench or {}).get("environment"), "rows": rows,
@@ -104,6 +109,12 @@ def convert_rows(run, status: dict[str, str]) -> list[dict]:
     run, rows = Run.of(run), []
     for kind, st in status.items():
         a = run.artifact(kind)
+        if a is None or st.startswith("failed"):  # the kind could not be made: its reason is its status
+            from exporter import formats
+
+            rows.append({"kind": kind, "status": st, "file": formats.get(kind).filename, "bytes": None,
+                         "size": "–", "seconds": "–"})
+            continue
         rows.append({"kind": kind, "status": st, "file": a["file"], "bytes": a["bytes"],
                      "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}",
                      **({"float_layers": len(a.get("float_layers") or [])} if a.get("fallback") == "auto" else {})})
@@ -133,6 +144,10 @@ def validation_rows(report: dict) -> list[list[str]]:
     """validation.json as strings: one row per artifact, failures spelled out in the gate column."""
     rows = []
     for r in report["artifacts"]:
+        if "accuracy" not in r:  # a kind that could not be made or run: no metrics, its reason in the gate column
+            rows.append([r["kind"], f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "–", "–", "–", "–", "–", "–",
+                         "–", "–", "FAIL " + "; ".join(r["failures"])])
+            continue
         moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
         b = r.get("batch_invariance") or {}
         rows.append([r["kind"], f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?", f"{r['accuracy']:.2%}",
@@ -149,13 +164,20 @@ BENCH_HEADERS = ["target", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std m
 
 def bench_rows(report: dict) -> list[list[str]]:
     """bench.json as strings: one row per (target, batch), then the skipped targets with their reason."""
-    nan = float("nan")
     rows = [[r["target"], str(r["batch"]), f"{r['p50_ms']:.3f}", f"{r['p90_ms']:.3f}", f"{r['p99_ms']:.3f}",
              f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", f"{r['throughput_ips']:.0f}", f"{r['cold_start_ms']:.0f}",
-             f"{r.get('speedup_vs_keras_predict', nan):.1f}x", f"{r.get('speedup_vs_keras_compiled', nan):.1f}x",
+             _speedup(r.get("speedup_vs_keras_predict")), _speedup(r.get("speedup_vs_keras_compiled")),
              str(r["provider"]), str(r["threads"] or "default")] for r in report["results"]]
-    rows += [[s["target"], "-", "skipped", "", "", "", "", "", "", "", s["reason"][:90], ""] for s in report["skipped"]]
+    # the reason in full: the table wraps it, never cuts it
+    rows += [[s["target"], "–", "skipped", "", "", "", "", "", "–", "–", s["reason"], ""] for s in report["skipped"]]
     return rows
+
+
+def _speedup(v) -> str:
+    """A speed-up as '1.5x'; '–' where there is no Keras row to compare with (a run without Keras)."""
+    import math
+
+    return "–" if v is None or not math.isfinite(v) else f"{v:.1f}x"
 
 
 def _cpu_lines(env: dict, table: dict) -> list[str]:

@@ -204,6 +204,24 @@ class Run:
         self.save()
 
     @property
+    def export_failures(self) -> dict[str, dict]:
+        """kind -> {"reason", "created", "inputs_key"} for kinds convert could not make."""
+        return self.manifest.get("export_failures") or {}
+
+    def record_export_failure(self, kind: str, reason: str, inputs_key: str) -> None:
+        self.manifest.setdefault("export_failures", {})[kind] = {"reason": reason, "created": mf.now_iso(),
+                                                                 "inputs_key": inputs_key}
+        self.save()
+
+    def clear_export_failure(self, kind: str) -> None:
+        """Forget a kind's earlier export failure (it was made now); saved with the next save()."""
+        failures = self.manifest.get("export_failures")
+        if failures is not None:
+            failures.pop(kind, None)
+            if not failures:
+                del self.manifest["export_failures"]
+
+    @property
     def validation(self) -> dict | None:
         return mf.read_json_if(self.path / VALIDATION_FILE)
 

@@ -24,7 +24,7 @@ from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs as out_mod
-from exporter.errors import InputError, ModelFileError, UsageError
+from exporter.errors import InputError, MissingRuntimeError, ModelFileError, ResexportError, UsageError
 from exporter.fsutil import sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem
@@ -232,10 +232,15 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     marked "reused"."""
     run = Run.of(run)
     available = list(run.artifacts)
+    requested = bool(kinds)
     kinds = kinds or available
-    if not kinds:
+    if not kinds and not run.export_failures:
         raise UsageError(f"{run} has no exported artifacts to validate",
                          hint="run `resexport convert` first")
+    # kinds convert could not make (and has no older file of): each gets a failed verdict with its reason
+    failed_exports = [k for k in run.export_failures if k not in available]
+    requested_failed = [k for k in (kinds if requested else failed_exports) if k in failed_exports]
+    kinds = [k for k in kinds if k not in requested_failed]
     missing = [k for k in kinds if k not in available]
     if missing:
         raise UsageError(f"{run} has no artifact {', '.join(missing)}",
@@ -243,6 +248,8 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     inputs = validation_inputs(run, dataset, kinds, batch_size, overrides)
+    if requested_failed:
+        inputs["export_failures"] = {k: run.export_failures[k] for k in requested_failed}
     key = mf.inputs_key(inputs)
     if reuse and not runners:
         stored = mf.read_json_if(run / VALIDATION_FILE)
@@ -256,26 +263,43 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
     qat_refs: dict = {}
+    for name, failure in run.export_failures.items():  # kinds convert could not make: failed verdicts
+        if name in requested_failed:
+            results.append(export_failure_result(name, failure["reason"]))
     for name in kinds:
         kind = formats.get(name)
         entry = run.artifact(name)
-        runner = (runners or {}).get(name) or load_runner(run.artifact_path(name), kind=name, threads=threads)
-        runner.check_fits(dataset.input_shape, dataset.num_classes)
-        out, seconds = run_runner(runner, x, batch_size, progress, name)
-        metrics = compare(ref, out, y, dataset.class_names, convention)
-        metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
-        qat_ref, qat_problem = qat_reference(run, entry, x, batch_size, qat_refs)
-        if qat_ref is not None:  # a QAT artifact: agreement and diffs against the fine-tuned model it was
-            # exported from, the drop against the original (issue 20's two claims); agreement with the original reported
-            own = compare(qat_ref, out, y, dataset.class_names, convention)
-            metrics.update({"agreement_with_original": metrics["agreement"], "agreement_reference": entry["qat"]["model_file"],
-                            **{k: own[k] for k in ("agreement", "agreement_without_near_ties", "near_ties_percent",
-                                                   "max_abs_diff", "mean_abs_diff", "raw_max_abs_diff")}})
-        if dataset.subset.get("test"):
-            metrics.update(sample_intervals(out, ref, y))
         gates = kind.gates.override(**(overrides or {}))
-        metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size, convention=convention,
-                                                       tolerance=gates.max_batch_diff)
+        try:
+            runner = (runners or {}).get(name) or load_runner(run.artifact_path(name), kind=name, threads=threads)
+            runner.check_fits(dataset.input_shape, dataset.num_classes)
+            out, seconds = run_runner(runner, x, batch_size, progress, name)
+            metrics = compare(ref, out, y, dataset.class_names, convention)
+            metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
+            qat_ref, qat_problem = qat_reference(run, entry, x, batch_size, qat_refs)
+            if qat_ref is not None:  # a QAT artifact: agreement and diffs against the fine-tuned model it was
+                # exported from, the drop against the original (issue 20's two claims); agreement with the
+                # original reported
+                own = compare(qat_ref, out, y, dataset.class_names, convention)
+                metrics.update({"agreement_with_original": metrics["agreement"],
+                                "agreement_reference": entry["qat"]["model_file"],
+                                **{k: own[k] for k in ("agreement", "agreement_without_near_ties", "near_ties_percent",
+                                                       "max_abs_diff", "mean_abs_diff", "raw_max_abs_diff")}})
+            if dataset.subset.get("test"):
+                metrics.update(sample_intervals(out, ref, y))
+            metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size,
+                                                           convention=convention, tolerance=gates.max_batch_diff)
+        except (MissingRuntimeError, UsageError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            if _sha_or_none(run.artifact_path(name)) != entry.get("sha256"):
+                raise  # the file changed since we wrote it: the user's bad input, as before
+            # the file is ours, exactly as convert wrote it: this kind's failure, the others still get verdicts
+            reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
+            log.warning("%s could not run: %s", name, reason)
+            results.append({**export_failure_result(name, " ".join(reason.split()), "could not run"),
+                            "file": entry["file"], "bytes": entry.get("bytes"), "gates": asdict(gates)})
+            continue
         failures = check_gates(metrics, gates) + ([qat_problem] if qat_problem else [])
         unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
         if not unchanged:
@@ -334,6 +358,13 @@ def qat_reference(run: Run, entry: dict, x, batch_size: int, cache: dict) -> tup
         model = keras.saving.load_model(run / name, compile=False)
         cache[name] = model.predict(x, batch_size=batch_size, verbose=0)
     return cache[name], None
+
+
+def export_failure_result(kind: str, reason: str, what: str = "could not be made") -> dict:
+    """The verdict of a kind that has no outputs to compare: it failed, with its reason."""
+    return {"kind": kind, "file": formats.get(kind).filename, "bytes": None, "passed": False,
+            "failures": [f"{what}: {reason}"], "error": {"stage": "convert" if what == "could not be made" else "run",
+                                                        "reason": reason}}
 
 
 def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:

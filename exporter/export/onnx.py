@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import ResexportError, UsageError, require
+from exporter.export.conformance import write_checked
 from exporter.export.source import ExportSource, tensorflow
-from exporter.fsutil import atomic_path
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -56,6 +56,21 @@ def canonicalize_names(model) -> None:
         vi.name = mapping.get(vi.name, vi.name)
 
 
+def _erfc(ctx, node, name, args) -> None:
+    """TF's Erfc (exact GELU, e.g. ConvNeXt) as 1 - Erf(x): tf2onnx 1.17 has no handler for it and,
+    converting with continue_on_error, would leave an op ONNX does not know."""
+    from tf2onnx import utils
+
+    np_dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]], op_name_scope=node.name)
+    one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=np_dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
+
+
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, [])}
+
+
 def _name_batch_dim(model) -> None:
     for value in list(model.graph.input) + list(model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -67,8 +82,9 @@ def onnx_fp32_proto(source: ExportSource):
         tensorflow()
         tf2onnx = require("tf2onnx", extra="full", purpose="ONNX export")
         try:
-            proto, _ = tf2onnx.convert.from_function(source.serving_function(), opset=OPSET,
-                                                     input_signature=source.serving_function().input_signature)
+            serve = source.frozen_serving_function()  # captured tensors must be constants, never inputs
+            proto, _ = tf2onnx.convert.from_function(serve, opset=OPSET, input_signature=serve.input_signature,
+                                                     custom_op_handlers=CUSTOM_OP_HANDLERS)
         except ResexportError:
             raise
         except Exception as exc:
@@ -94,30 +110,68 @@ def write_metadata(path: Path, props: dict[str, str]) -> None:
     for key in sorted(merged):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, merged[key]
-    _write(proto, path)
+    _write(proto, path, "onnx")
 
 
-def _write(proto, out: Path) -> None:
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
+def _write(proto, out: Path, kind: str, source: ExportSource | None = None) -> dict:
+    """Every ONNX file is written here: atomically, and only if it passes the conformance gate."""
+    return write_checked(out, proto.SerializeToString(), kind,
+                         input_shape=source.input_shape if source else None,
+                         num_classes=source.num_classes if source else None)
 
 
-def _details(start: float, **extra) -> dict:
-    return {"opset": OPSET, "seconds": round(time.perf_counter() - start, 2), **extra}
+def topological_sort(graph) -> None:
+    """Order a graph's nodes so that every node comes after the producers of its inputs (in place),
+    keeping the original order wherever it is already valid. ONNX requires this order; ONNX
+    Runtime's float16 converter appends the input Casts after the nodes that read them."""
+    import heapq
+
+    nodes = list(graph.node)
+    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    waiting = [sum(1 for name in set(n.input) if name not in available and name in producer) for n in nodes]
+    readers: dict[int, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in set(n.input):
+            if name not in available and name in producer:
+                readers.setdefault(producer[name], []).append(i)
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for j in readers.get(i, ()):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(nodes):
+        raise ResexportError("ONNX graph has a cycle or reads a tensor nothing produces; cannot order it")
+    if order != list(range(len(nodes))):
+        sorted_nodes = [type(nodes[0])() for _ in nodes]
+        for dst, i in zip(sorted_nodes, order):
+            dst.CopyFrom(nodes[i])
+        del graph.node[:]
+        graph.node.extend(sorted_nodes)
+
+
+def _details(start: float, conformance: dict, **extra) -> dict:
+    return {"opset": OPSET, "seconds": round(time.perf_counter() - start, 2), "conformance": conformance, **extra}
 
 
 def export_fp32(source: ExportSource, out: Path, calibration=None) -> dict:
     start = time.perf_counter()
-    _write(onnx_fp32_proto(source), out)
-    return _details(start, converter="tf2onnx.convert.from_function")
+    record = _write(onnx_fp32_proto(source), out, "onnx-fp32", source)
+    return _details(start, record, converter="tf2onnx.convert.from_function (frozen: captured tensors as constants)")
 
 
 def export_fp16(source: ExportSource, out: Path, calibration=None) -> dict:
     start = time.perf_counter()
     float16 = require("onnxruntime.transformers.float16", extra="onnx", purpose="ONNX float16 export")
     proto = float16.convert_float_to_float16(onnx_fp32_proto(source), keep_io_types=True)
-    _write(proto, out)
-    return _details(start, converter="onnxruntime.transformers.float16 (keep_io_types)")
+    topological_sort(proto.graph)  # the converter appends the input Cast after the nodes reading it
+    record = _write(proto, out, "onnx-fp16", source)
+    return _details(start, record, converter="onnxruntime.transformers.float16 (keep_io_types) + topological sort")
 
 
 # ONNX Runtime int8 settings per target CPU (`convert --target-cpu`). ORT's x86 int8 GEMM is u8 x s8:
@@ -219,9 +273,9 @@ def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=
         onnx = require("onnx", extra="onnx", purpose="ONNX export")
         proto = onnx.load(str(q8))
     proto.doc_string = ""
-    _write(proto, out)
+    record = _write(proto, out, "onnx-int8", source)
     settings = ", ".join(f"{k}={v}" for k, v in target.items() if k not in ("requested",))
-    return _details(start, converter=f"onnxruntime.quantization.quantize_static (QDQ, MinMax, {settings})",
+    return _details(start, record, converter=f"onnxruntime.quantization.quantize_static (QDQ, MinMax, {settings})",
                     target_cpu=target)
 
 
@@ -244,6 +298,8 @@ def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
     canonicalize_names(proto)
     proto.doc_string = ""
     proto.graph.doc_string = ""
-    _write(proto, out)
-    return _details(start, converter="tf2onnx.convert.from_function (QAT FakeQuant -> QDQ, uint8 activations) + "
+    record = write_checked(out, proto.SerializeToString(), "onnx-int8", input_shape=tuple(input_shape),
+                           num_classes=int(qat_model.output_shape[-1]))
+    return _details(start, conformance=record,
+                    converter="tf2onnx.convert.from_function (QAT FakeQuant -> QDQ, uint8 activations) + "
                                      "int8 per-channel weights / int32 biases (quantize.qat.onnx_weight_qdq)")

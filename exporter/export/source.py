@@ -29,6 +29,7 @@ class ExportSource:
     input_shape: tuple[int, ...]   # one image, HWC
     input_name: str = "image"
     unsafe: bool = False
+    num_classes: int | None = None  # when known, the conformance gate checks the output against it
     _model: object = None
     _saved_model_dir: Path | None = None
     _onnx_fp32: bytes | None = None
@@ -88,10 +89,84 @@ class ExportSource:
         serve._resexport_keepalive = loaded  # keep the variables alive with the function
         return serve
 
+    def frozen_serving_function(self):
+        """serving_function with every variable AND every captured tensor folded into the graph as a
+        constant: a tf.function whose only input is the image.
+
+        A Keras `Normalization` layer (EfficientNet, ConvNeXt...) computes its mean and variance
+        eagerly when built, so the traced function captures them as tensors rather than variables;
+        tf2onnx lists a concrete function's captured inputs as graph inputs, which gave ONNX files
+        with three inputs (issue 18). Freezing here (convert_variables_to_constants_v2 converts
+        captured tensors as well as variables) leaves nothing for a converter to capture."""
+        tf = tensorflow()
+        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+        live = self.serving_function()  # holds the loaded SavedModel (its variables) while freezing
+        # tf2onnx's own settings: keep control flow, and inline every function call (Keras wraps some
+        # ops, e.g. ConvNeXt's depthwise convolutions, in calls that are otherwise left as opaque
+        # StatefulPartitionedCall nodes no converter can read)
+        frozen = convert_variables_to_constants_v2(live.get_concrete_function(), lower_control_flow=False,
+                                                   aggressive_inlining=True)
+        del live
+        frozen = _without_xla_calls(frozen)
+        leftover = [t for t in frozen.inputs if t.dtype != tf.resource]
+        if len(leftover) != 1:
+            from exporter.errors import ExportError
+
+            raise ExportError(f"{self.path}: the serving function still has {len(leftover)} inputs after "
+                              "freezing (expected the image only)")
+        spec = tf.TensorSpec((None, *self.input_shape), tf.float32, name=self.input_name)
+
+        @tf.function(input_signature=[spec])
+        def serve(x):
+            out = frozen(x)
+            if isinstance(out, dict):
+                out = next(iter(out.values()))
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            return {"probabilities": out}
+
+        serve._resexport_keepalive = frozen
+        return serve
+
     def cleanup(self) -> None:
         for tmp in self._tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         self._tmp.clear()
+
+
+XLA_ATTRS = ("_XlaMustCompile", "_noinline", "_XlaCompile", "_XlaScope")
+
+
+def _without_xla_calls(frozen):
+    """The frozen function with its XLA-compiled calls made ordinary, inlinable calls.
+
+    Keras (TensorFlow backend) runs grouped convolutions (ConvNeXt's depthwise blocks) in a
+    `tf.function(jit_compile=True)`: the graph keeps them as StatefulPartitionedCall nodes marked
+    `_XlaMustCompile`/`_noinline`, which grappler never inlines and no converter can read. Dropping
+    those attributes changes no arithmetic (XLA or not, the body is the same Conv2D)."""
+    from tensorflow.python.eager import wrap_function
+
+    graph_def = frozen.graph.as_graph_def()
+    xla = {f.signature.name for f in graph_def.library.function if any(a in f.attr for a in XLA_ATTRS)}
+    if not xla:
+        return frozen
+    # renamed, so that the edited definitions never meet the registered ones of the same name
+    renamed = {name: f"{name}_inlinable" for name in xla}
+    for fn in graph_def.library.function:
+        fn.signature.name = renamed.get(fn.signature.name, fn.signature.name)
+        for attr in XLA_ATTRS:
+            if attr in fn.attr:
+                del fn.attr[attr]
+    for node in list(graph_def.node) + [n for f in graph_def.library.function for n in f.node_def]:
+        for attr in XLA_ATTRS:
+            if attr in node.attr:
+                del node.attr[attr]
+        for value in node.attr.values():
+            if value.HasField("func") and value.func.name in renamed:
+                value.func.name = renamed[value.func.name]
+    return wrap_function.function_from_graph_def(graph_def, [t.name for t in frozen.inputs],
+                                                 [t.name for t in frozen.outputs])
 
 
 def inference_call(model, x):

@@ -8,12 +8,18 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import ResexportError, UsageError
+from exporter.export.conformance import write_checked
 from exporter.export.source import ExportSource, tensorflow
-from exporter.fsutil import atomic_path
 from exporter.quiet import native_stderr_hidden
 
 
-def _convert(source: ExportSource, out: Path, configure) -> dict:
+def write_tflite(source: ExportSource, out: Path, blob: bytes, kind: str = "tflite") -> dict:
+    """Every TFLite file is written here: atomically, and only if it passes the conformance gate
+    (loads in LiteRT with tensors allocated, one image in, one batch x classes out)."""
+    return write_checked(out, blob, kind, input_shape=source.input_shape, num_classes=source.num_classes)
+
+
+def _convert(source: ExportSource, out: Path, configure, kind: str = "tflite") -> dict:
     tf = tensorflow()
     start = time.perf_counter()
     converter = tf.lite.TFLiteConverter.from_saved_model(str(source.saved_model_dir()))
@@ -26,13 +32,13 @@ def _convert(source: ExportSource, out: Path, configure) -> dict:
     except Exception as exc:  # the converter raises ConverterError, RuntimeError, ValueError...
         raise ResexportError(f"TFLite conversion of {source.path} failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(blob)
-    return {"converter": "tf.lite.TFLiteConverter.from_saved_model", "seconds": round(time.perf_counter() - start, 2)}
+    record = write_tflite(source, out, blob, kind)
+    return {"converter": "tf.lite.TFLiteConverter.from_saved_model", "seconds": round(time.perf_counter() - start, 2),
+            "conformance": record}
 
 
 def export_fp32(source: ExportSource, out: Path, calibration=None) -> dict:
-    return _convert(source, out, lambda tf, c: None)
+    return _convert(source, out, lambda tf, c: None, "tflite-fp32")
 
 
 def export_fp16(source: ExportSource, out: Path, calibration=None) -> dict:
@@ -40,11 +46,11 @@ def export_fp16(source: ExportSource, out: Path, calibration=None) -> dict:
         c.optimizations = [tf.lite.Optimize.DEFAULT]
         c.target_spec.supported_types = [tf.float16]
 
-    return _convert(source, out, configure)
+    return _convert(source, out, configure, "tflite-fp16")
 
 
 def export_dynamic(source: ExportSource, out: Path, calibration=None) -> dict:
-    return _convert(source, out, lambda tf, c: setattr(c, "optimizations", [tf.lite.Optimize.DEFAULT]))
+    return _convert(source, out, lambda tf, c: setattr(c, "optimizations", [tf.lite.Optimize.DEFAULT]), "tflite-dynamic")
 
 
 def _representative(images: np.ndarray):
@@ -85,12 +91,12 @@ def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=
     if float_layers:
         start = time.perf_counter()
         blob = quantize_calibrated(calibrate_only(source, calibration), float_layers)
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(blob)
+        record = write_tflite(source, out, blob, "tflite-int8")
         return {"converter": "tf.lite.TFLiteConverter.from_saved_model (calibrate only) + mlir_quantize "
-                             "(denylisted_nodes)", "seconds": round(time.perf_counter() - start, 2)}
+                             "(denylisted_nodes)", "seconds": round(time.perf_counter() - start, 2),
+                "conformance": record}
     images = np.asarray(calibration.x, dtype=np.float32)
-    return _convert(source, out, lambda tf, c: _configure_int8(tf, c, images))
+    return _convert(source, out, lambda tf, c: _configure_int8(tf, c, images), "tflite-int8")
 
 
 def calibrate_only(source: ExportSource, calibration) -> bytes:
@@ -151,7 +157,7 @@ def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
     except Exception as exc:
         raise ResexportError(f"TFLite conversion of the QAT model failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(blob)
+    record = write_checked(out, blob, "tflite-int8", input_shape=tuple(input_shape),
+                           num_classes=int(qat_model.output_shape[-1]))
     return {"converter": "tf.lite.TFLiteConverter.from_concrete_functions (QAT FakeQuant ranges; int8 input/output)",
-            "seconds": round(time.perf_counter() - start, 2)}
+            "conformance": record, "seconds": round(time.perf_counter() - start, 2)}

@@ -37,7 +37,6 @@ import numpy as np
 from exporter import data as data_mod
 from exporter import formats
 from exporter.errors import UsageError, ValidationFailed, require
-from exporter.fsutil import atomic_path
 from exporter.progress import NULL, Progress
 from exporter.run import Run
 
@@ -439,11 +438,13 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
                 chosen = 0
             m, path = cache[chosen]
             names = sorted({n for r in order[:chosen] for n in r["float_layers"]})
-            with atomic_path(out) as tmp:
-                tmp.write_bytes(path.read_bytes())
+            from exporter.export.conformance import write_checked  # the exporters' gate
+
+            conformance = write_checked(out, path.read_bytes(), kind.name, input_shape=source.input_shape,
+                                        num_classes=source.num_classes)
         finally:
             backend.close()
-    return {**backend.details(), "fallback": "auto", "float_layers": names,
+    return {**backend.details(), "fallback": "auto", "float_layers": names, "conformance": conformance,
             "fallback_search": {
                 "holdout": {"split": "train", "count": int(len(hold.indices)), "indices_sha256": hold.hash,
                             "excludes": "calibration images and the model's training subset (if recorded)"},

@@ -191,8 +191,7 @@ class Int8Session:
                 log.info("int8 auto %s: %s %s", kind.name, remedy, "passes" if verdict["passed"] else "fails")
                 tried.append((details, path, step))
                 if verdict["passed"]:
-                    with atomic_path(out) as tmp:
-                        shutil.copyfile(path, tmp)
+                    self._place(path, out, kind)
                     return {**details, "int8": "auto", "chosen": remedy, "ladder": ladder,
                             "seconds_ladder": round(time.perf_counter() - start, 1)}
             t0 = time.perf_counter()
@@ -211,10 +210,16 @@ class Int8Session:
                 details, path, step = tried[-1]
                 log.warning("%s: no int8 remedy passed on the hold-out slice; writing the %s artifact", kind.name,
                             step["remedy"])
-                with atomic_path(out) as tmp:
-                    shutil.copyfile(path, tmp)
+                self._place(path, out, kind)
                 return {**details, "int8": "auto", "chosen": step["remedy"], "passed_holdout": False,
                         "ladder": ladder, "seconds_ladder": round(time.perf_counter() - start, 1)}
+
+    def _place(self, candidate: Path, out: Path, kind: formats.ArtifactKind) -> None:
+        """The chosen candidate file becomes the artifact, through the exporters' conformance gate."""
+        from exporter.export.conformance import write_checked
+
+        write_checked(out, candidate.read_bytes(), kind.name, input_shape=self.source.input_shape,
+                      num_classes=self.source.num_classes)
 
     def make(self, kind: formats.ArtifactKind, out: Path, mode: str) -> dict:
         check_int8(mode)
