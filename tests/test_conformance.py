@@ -281,7 +281,7 @@ def test_an_export_failure_is_that_kinds_failure_and_never_bad_input(tricky_run,
 
 def test_a_kind_that_cannot_run_gets_a_failed_verdict_and_the_others_still_get_theirs(tricky_run):
     from exporter import data as data_mod
-    from exporter import rundata
+    from exporter.data import select as rundata
     from exporter.errors import ModelFileError
     from exporter.validate import validate
 

@@ -455,7 +455,7 @@ def is_builtin_name(spec: str) -> bool:
 def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_data=None,
              source=None) -> Dataset:
     """The user's image folder or .npz as a Dataset whose x_train/x_test are lazy array-likes
-    (exporter.owndata.LazyImages) decoding and preprocessing with `pp` in batches. With calib_data
+    (exporter.data.own.LazyImages) decoding and preprocessing with `pp` in batches. With calib_data
     (a folder or .npz), its images stand in for the training split, for int8 calibration only."""
     from exporter.data import own as owndata
 
