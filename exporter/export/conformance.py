@@ -8,7 +8,7 @@ writes `data` to a temp file beside `out`, runs `check` on it, and only then ren
 
 ONNX: `onnx.checker.check_model(full_check=True)` (graph order, types, opset), strict shape
 inference (`strict_mode`, `check_type`, `data_prop`), and the signature: exactly one graph input
-(the image: float32, rank 4, dynamic batch, the model's H x W x C) that is not an initializer,
+(the image: float32, dynamic batch, then the model's own input shape: H x W x C, H x W or flat) that is not an initializer,
 and one output (dynamic batch x classes). The opsets and IR version are recorded.
 
 TFLite: the file loads in the LiteRT interpreter with all tensors allocated, and its signature is
@@ -94,8 +94,10 @@ def _onnx_signature_problems(model, input_shape, num_classes) -> list[str]:
         dims = _dims(v)
         if v.type.tensor_type.elem_type != _ONNX_FLOAT:
             problems.append(f"input '{v.name}' has element type {v.type.tensor_type.elem_type}, expected float32")
-        if len(dims) != 4:
-            problems.append(f"input '{v.name}' has rank {len(dims)}, expected 4 (batch, H, W, C)")
+        rank = 1 + len(input_shape) if input_shape is not None else None  # None: any image rank (2 to 4)
+        if (len(dims) != rank) if rank else not 2 <= len(dims) <= 4:
+            problems.append(f"input '{v.name}' has rank {len(dims)}, expected {rank or '2 to 4'} (batch + the "
+                            f"model's input {list(input_shape) if input_shape is not None else 'shape'})")
         else:
             if isinstance(dims[0], int):
                 problems.append(f"input '{v.name}' has a fixed batch {dims[0]}, expected a dynamic batch")
@@ -191,8 +193,10 @@ def _check_tflite(path: Path, kind: str, input_shape, num_classes, input_dtypes)
         i = ins[0]
         if i["dtype"] not in allowed:
             problems.append(f"input '{i['name']}' is {i['dtype']}, expected {' or '.join(sorted(allowed))}")
-        if len(i["shape"]) != 4:
-            problems.append(f"input '{i['name']}' has rank {len(i['shape'])}, expected 4 (batch, H, W, C)")
+        rank = 1 + len(input_shape) if input_shape is not None else None  # None: any image rank (2 to 4)
+        if (len(i["shape"]) != rank) if rank else not 2 <= len(i["shape"]) <= 4:
+            problems.append(f"input '{i['name']}' has rank {len(i['shape'])}, expected {rank or '2 to 4'} (batch + the "
+                            f"model's input {list(input_shape) if input_shape is not None else 'shape'})")
         else:
             if i["shape"][0] != -1:
                 problems.append(f"input '{i['name']}' has a fixed batch {i['shape'][0]}, expected a dynamic batch")
