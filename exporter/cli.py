@@ -64,6 +64,45 @@ TEST_LIMIT_OPT = typer.Option(None, "--test-limit", help="Evaluate on a stratifi
 TEST_SPLIT_OPT = typer.Option(None, "--test-split", help="Your own folder of class folders: hold out this fraction "
                               "per class as the test set (stratified, seeded, recorded).")
 
+# convert --model: importing a model of your own
+IMPORT_MODEL_OPT = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
+                                ".h5, or a TF SavedModel folder (a new run folder is made for it).")
+IMPORT_DATA_OPT = typer.Option(None, "--data", "--dataset", "-d", help="With --model: its data (default "
+                               "fashion_mnist): a built-in name, an image folder (one sub-folder per class; "
+                               "train/ and test/ inside, or --test-split) or an .npz (x_test, y_test, "
+                               "optional x_train, y_train, class_names).")
+IMPORT_SCALE_OPT = typer.Option(None, "--scale", help=f"With --model: the input scale the model expects: "
+                                f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
+                                "model's input, else unit. Recorded in the run; later commands use it.")
+# int8 remedies (convert) and training at scale (train)
+INT8_OPT = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
+                        "only), qat (quantisation-aware fine-tuning on the run's training data, then "
+                        "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
+                        "fewest layers kept in float32 that pass the int8 gates on held-out training "
+                        "images), auto (the first of ptq, qat, fallback that passes; ladder recorded).")
+QAT_OPT = flag("--qat", help="Short for --int8 qat.")
+QAT_EPOCHS_OPT = typer.Option(None, "--qat-epochs", help="--int8 qat/auto: passes over the "
+                              "training split to fine-tune (default: 300 steps of 64 images).")
+FALLBACK_OPT = typer.Option("none", "--fallback", help="int8 only: 'auto' is --int8 fallback (kept as an "
+                            "alias); 'none' quantises every layer.")
+TARGET_CPU_OPT = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
+                              "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
+                              "AVX2 saturation), or auto (this machine's).")
+CALIB_DATA_OPT = typer.Option(None, "--calib-data", help="With --model and data without a train "
+                              "split: images to calibrate int8 on (folder or .npz; never test images).")
+DEVICES_OPT = typer.Option("1", "--devices", help="Devices to train on: N or 'all'. More than one needs "
+                           "KERAS_BACKEND=jax (keras.distribution.DataParallel; the batch is split across them).")
+AUGMENT_OPT = typer.Option(None, "--augment", help="Augment training batches in the input pipeline "
+                           "(never in the model): flip, crop or flip,crop. Default: none.")
+VAL_SPLIT_OPT = typer.Option(0.0, "--val-split", help="Hold out this fraction of the training split "
+                             "(stratified, seeded) and evaluate it every epoch. Default: 0 (none).")
+WORKERS_OPT = typer.Option(None, "--workers", help="Input pipeline threads (default: min(4, CPUs)).")
+MAX_BATCHES_OPT = typer.Option(None, "--max-batches", help="Train on at most this many batches "
+                               "per epoch.")
+RESUME_OPT = typer.Option(None, "--resume", help="Continue the interrupted run RUN from its last "
+                          "complete epoch, with the settings it was started with (re-running the "
+                          "same command does the same).")
+
 
 def _recipe_help() -> str:
     from exporter.train import RECIPES
@@ -154,18 +193,12 @@ def train(
     data_dir: Optional[Path] = DATA_OPT,
     train_limit: Optional[int] = TRAIN_LIMIT_OPT,
     test_limit: Optional[int] = TEST_LIMIT_OPT,
-    devices: str = typer.Option("1", "--devices", help="Devices to train on: N or 'all'. More than one needs "
-                                "KERAS_BACKEND=jax (keras.distribution.DataParallel; the batch is split across them)."),
-    augment: Optional[str] = typer.Option(None, "--augment", help="Augment training batches in the input pipeline "
-                                          "(never in the model): flip, crop or flip,crop. Default: none."),
-    val_split: float = typer.Option(0.0, "--val-split", help="Hold out this fraction of the training split "
-                                    "(stratified, seeded) and evaluate it every epoch. Default: 0 (none)."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Input pipeline threads (default: min(4, CPUs))."),
-    max_batches: Optional[int] = typer.Option(None, "--max-batches", help="Train on at most this many batches "
-                                              "per epoch."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the interrupted run RUN from its last "
-                                          "complete epoch, with the settings it was started with (re-running the "
-                                          "same command does the same)."),
+    devices: str = DEVICES_OPT,
+    augment: Optional[str] = AUGMENT_OPT,
+    val_split: float = VAL_SPLIT_OPT,
+    workers: Optional[int] = WORKERS_OPT,
+    max_batches: Optional[int] = MAX_BATCHES_OPT,
+    resume: Optional[Path] = RESUME_OPT,
     json_out: bool = JSON_OPT,
 ):
     """Train a registry model and create its run folder (model.keras, history.json, manifest.json).
@@ -198,38 +231,23 @@ def train(
 @boundary(tensorflow=True)
 def convert(
     run: Optional[Path] = RUN_OPT,
-    model: Optional[Path] = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
-                                         ".h5, or a TF SavedModel folder (a new run folder is made for it)."),
+    model: Optional[Path] = IMPORT_MODEL_OPT,
     fmt: str = typer.Option("all", "--format", "-f", help=f"One of {', '.join(formats.FORMAT_CHOICES)}."),
     quantize: str = typer.Option("all", "--quantize", "-q", help=f"One of {', '.join(formats.QUANTIZE_CHOICES)} "
                                  "('none' is float32). int8 is calibrated on --calib-samples training images."),
     calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
                                       "(stratified, from the training split only)."),
-    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="With --model: its data (default "
-                                          "fashion_mnist): a built-in name, an image folder (one sub-folder per class; "
-                                          "train/ and test/ inside, or --test-split) or an .npz (x_test, y_test, "
-                                          "optional x_train, y_train, class_names)."),
-    scale: Optional[str] = typer.Option(None, "--scale", help=f"With --model: the input scale the model expects: "
-                                        f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
-                                        "model's input, else unit. Recorded in the run; later commands use it."),
+    dataset: Optional[str] = IMPORT_DATA_OPT,
+    scale: Optional[str] = IMPORT_SCALE_OPT,
     test_split: Optional[float] = TEST_SPLIT_OPT,
-    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="With --model and data without a train "
-                                              "split: images to calibrate int8 on (folder or .npz; never test images)."),
+    calib_data: Optional[Path] = CALIB_DATA_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     force: bool = flag("--force", help="Replace artifacts made from another model or calibration."),
-    int8: Optional[str] = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
-                                       "only), qat (quantisation-aware fine-tuning on the run's training data, then "
-                                       "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
-                                       "fewest layers kept in float32 that pass the int8 gates on held-out training "
-                                       "images), auto (the first of ptq, qat, fallback that passes; ladder recorded)."),
-    qat: bool = flag("--qat", help="Short for --int8 qat."),
-    qat_epochs: Optional[float] = typer.Option(None, "--qat-epochs", help="--int8 qat/auto: passes over the "
-                                               "training split to fine-tune (default: 300 steps of 64 images)."),
-    fallback: str = typer.Option("none", "--fallback", help="int8 only: 'auto' is --int8 fallback (kept as an "
-                                 "alias); 'none' quantises every layer."),
-    target_cpu: str = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
-                                   "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
-                                   "AVX2 saturation), or auto (this machine's)."),
+    int8: Optional[str] = INT8_OPT,
+    qat: bool = QAT_OPT,
+    qat_epochs: Optional[float] = QAT_EPOCHS_OPT,
+    fallback: str = FALLBACK_OPT,
+    target_cpu: str = TARGET_CPU_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
