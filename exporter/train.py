@@ -162,6 +162,20 @@ def _progress_callback(task, epochs: int, history: list):
     return _Cb()
 
 
+def swap_in(staging: Path, run: Path) -> None:
+    """Make the finished folder `staging` the run folder `run`, replacing what was there only at the end."""
+    try:
+        old = None
+        if run.exists():
+            old = run.parent / f".{run.name}.old-{os.getpid()}"
+            os.replace(run, old)
+        os.replace(staging, run)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        raise OutputError(f"could not write run folder {run}: {exc.strerror or exc}") from exc
+
+
 @contextlib.contextmanager
 def staged_run(run: Path, *, force: bool):
     """Yield a temporary folder beside `run`; on success it becomes `run` (replacing an old run
@@ -175,15 +189,7 @@ def staged_run(run: Path, *, force: bool):
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; a run folder gets the mode a plain mkdir would
     try:
         yield tmp
-        old = None
-        if run.exists():
-            old = run.parent / f".{run.name}.old-{os.getpid()}"
-            os.replace(run, old)
-        os.replace(tmp, run)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise OutputError(f"could not write run folder {run}: {exc.strerror or exc}") from exc
+        swap_in(tmp, run)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -397,19 +403,10 @@ def _checkpoint_callback(model, folder: Path, base: dict, history: list, clock):
 
 def _promote(staging: Path, run: Path, *, force: bool) -> None:
     """Rename the finished staging folder into place (replacing an old run only with force)."""
-    try:
-        old = None
-        if run.exists():
-            if any(run.iterdir()) and not force:
-                raise OutputExistsError(f"run folder {run} already exists",
-                                        hint="pass --force to replace it, or choose another --run")
-            old = run.parent / f".{run.name}.old-{os.getpid()}"
-            os.replace(run, old)
-        os.replace(staging, run)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise OutputError(f"could not write run folder {run}: {exc.strerror or exc}") from exc
+    if run.exists() and any(run.iterdir()) and not force:
+        raise OutputExistsError(f"run folder {run} already exists",
+                                hint="pass --force to replace it, or choose another --run")
+    swap_in(staging, run)
 
 
 # ------------------------------------------------------------------------------ train

@@ -71,6 +71,15 @@ def _erfc(ctx, node, name, args) -> None:
 CUSTOM_OP_HANDLERS = {"Erfc": (_erfc, [])}
 
 
+def _tidy(proto) -> None:
+    """What makes tf2onnx's output deterministic and readable: a named batch dimension, names by position,
+    no doc strings (tf2onnx writes the traced function's name, which has a counter)."""
+    _name_batch_dim(proto)
+    canonicalize_names(proto)
+    proto.doc_string = ""
+    proto.graph.doc_string = ""
+
+
 def _name_batch_dim(model) -> None:
     for value in list(model.graph.input) + list(model.graph.output):
         value.type.tensor_type.shape.dim[0].dim_param = "batch"
@@ -90,10 +99,7 @@ def onnx_fp32_proto(source: ExportSource):
         except Exception as exc:
             raise ResexportError(f"ONNX conversion of {source.path} failed: {type(exc).__name__}: "
                                  f"{' '.join(str(exc).split())[:300]}") from exc
-        _name_batch_dim(proto)
-        canonicalize_names(proto)
-        proto.doc_string = ""
-        proto.graph.doc_string = ""  # tf2onnx writes the traced function's name, which has a counter
+        _tidy(proto)
         source._onnx_fp32 = proto.SerializeToString()
     onnx = require("onnx", extra="onnx", purpose="ONNX export")
     return onnx.load_from_string(source._onnx_fp32)
@@ -294,10 +300,7 @@ def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
     except Exception as exc:
         raise ResexportError(f"ONNX conversion of the QAT model failed: {type(exc).__name__}: "
                              f"{' '.join(str(exc).split())[:300]}") from exc
-    _name_batch_dim(proto)
-    canonicalize_names(proto)
-    proto.doc_string = ""
-    proto.graph.doc_string = ""
+    _tidy(proto)
     record = write_checked(out, proto.SerializeToString(), "onnx-int8", input_shape=tuple(input_shape),
                            num_classes=int(qat_model.output_shape[-1]))
     return _details(start, conformance=record,
