@@ -211,7 +211,25 @@ def main() -> None:
                   f"{rec['seconds']} s", flush=True)
     doc = {"machine": machine(), "families": families, "train_images": TRAIN, "test_images": TEST,
            "calibration": CALIB, "results": results}
+    if sys.argv[1:]:  # some families: added to (or replacing their rows in) the committed results
+        doc = _merged(doc)
     save("applications_sweep", doc, markdown(doc))
+
+
+def _merged(doc: dict) -> dict:
+    """The committed results with this invocation's families replaced or added (rows keep their own
+    machine record, so rows measured in different runs say so)."""
+    path = ROOT / "benchmarks" / "results" / "applications_sweep.json"
+    old = json.loads(path.read_text()) if path.is_file() else {"results": []}
+    for rec in doc["results"]:
+        rec["measured_in_run"] = {"machine": doc["machine"], "families": doc["families"]}
+    new = {r["family"]: r for r in doc["results"]}
+    rows = {r["family"]: r for r in old.get("results", []) if r["family"] not in new} | new
+    ordered = [rows[f] for f in FAMILIES if f in rows]
+    note = (old.get("note", "") + f" {', '.join(new)} measured in a later invocation "
+            "(python benchmarks/applications_sweep.py FAMILY; its machine is in the row).").strip()
+    return {**old, **{k: v for k, v in doc.items() if k != "results"}, "families": [r["family"] for r in ordered],
+            "results": ordered, "note": note}
 
 
 if __name__ == "__main__":

@@ -286,3 +286,23 @@ def test_no_command_prints_a_native_log_line_on_an_imported_run(tmp_path, mnist_
         assert proc.returncode == 0, (args, proc.stderr[-2000:])
         noise = [line for line in proc.stderr.splitlines() if any(m in line for m in NATIVE_MARKERS)]
         assert not noise, (args[0], noise)
+
+
+def test_convert_model_scans_the_users_folder_once(tmp_path, monkeypatch):
+    """convert --model opens the data to decide preprocessing and again to run: every image is read and
+    hashed once per command (one FileItems per split), not once per opening."""
+    from exporter.data import own
+
+    folder = write_folder(tmp_path / "shapes", per_class=6)
+    built = []
+    original = own.FileItems.__init__
+
+    def counting(self, paths, root):
+        built.append(root)
+        original(self, paths, root)
+
+    monkeypatch.setattr(own.FileItems, "__init__", counting)
+    model = Path(__file__).parent / "fixtures" / "own" / "softmax_unit.keras"
+    _cli("convert", "--model", model, "--data", folder, "--run", tmp_path / "run", "--format", "tflite",
+         "--quantize", "none")
+    assert sorted(p.name for p in built) == ["test", "train"]
