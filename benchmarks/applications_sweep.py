@@ -171,6 +171,7 @@ def markdown(doc: dict) -> str:
              "Each cell: validate's verdict (agreement with Keras when it failed) and, for ONNX, the number of graph "
              "inputs. Every file passed the write-time conformance gate (ONNX full checker + strict shape "
              "inference + signature; TFLite LiteRT load + allocate + signature).", "",
+             *([doc["note"], ""] if doc.get("note") else []),
              "| family | params | test acc | near-ties | convert exit | validate exit | " + " | ".join(KINDS) + " |",
              "|---|---:|---:|---:|---:|---:|" + "---|" * len(KINDS)]
     for r in doc["results"]:
