@@ -295,3 +295,90 @@ def test_qat_rebuilds_a_sequential_model_with_logits():
     qat.calibrate(q, x)
     ref, out = model(x, training=False).numpy(), q(x, training=False).numpy()
     assert np.abs(out - ref).max() < 0.1 * np.abs(ref).max() + 1e-3
+
+
+def _mobile_model() -> keras.Model:
+    """What keras.applications' mobile backbones bring (MobileNetV2, EfficientNet): Resizing and a
+    Random* layer in front, Rescaling + Normalization (per-channel statistics) inside, ZeroPadding,
+    Conv -> BN -> swish, DepthwiseConv -> BN -> ReLU6, a squeeze-excite block (GAP, Reshape,
+    Conv swish, Conv sigmoid, Multiply), Dropout with a noise shape, an Add, a Dense softmax head.
+    Raw 0..255 RGB input, like the applications expect."""
+    inp = keras.Input((10, 10, 3), name="image")
+    x = layers.Resizing(12, 12, name="resize")(inp)
+    x = layers.RandomFlip("horizontal", name="flip")(x)
+    x = layers.Rescaling(1 / 255.0, name="rescale")(x)
+    x = layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.05, 0.08, 0.1], name="norm")(x)
+    x = layers.ZeroPadding2D(1, name="pad")(x)
+    x = layers.Conv2D(8, 3, strides=2, use_bias=False, name="stem")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("swish", name="stem_swish")(x)
+    y = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw")(x)
+    y = layers.BatchNormalization(name="dw_bn")(y)
+    y = layers.ReLU(6.0, name="dw_relu6")(y)
+    se = layers.GlobalAveragePooling2D(name="se_squeeze")(y)
+    se = layers.Reshape((1, 1, 8), name="se_reshape")(se)
+    se = layers.Conv2D(4, 1, activation="swish", name="se_reduce")(se)
+    se = layers.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    y = layers.multiply([y, se], name="se_excite")
+    y = layers.Conv2D(8, 1, use_bias=False, name="project")(y)
+    y = layers.BatchNormalization(name="project_bn")(y)
+    y = layers.Dropout(0.2, noise_shape=(None, 1, 1, 1), name="drop")(y)
+    x = layers.add([y, x], name="add")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inp, layers.Dense(10, activation="softmax", name="probabilities")(x), name="mobile")
+    rng = np.random.default_rng(3)
+    for w in model.weights:
+        name = w.path.split("/")[-1]
+        if name in ("mean", "variance", "count"):
+            continue
+        shape = tuple(w.shape)
+        if name == "moving_variance":
+            w.assign(rng.uniform(0.5, 2.0, shape))
+        elif name == "gamma":
+            w.assign(rng.uniform(0.5, 1.5, shape))
+        elif name in ("beta", "moving_mean", "bias"):
+            w.assign(rng.normal(0, 0.1, shape))
+        else:
+            w.assign(rng.normal(0, 0.5, shape))
+    return model
+
+
+def test_qat_rebuilds_mobile_blocks_and_the_files_compute_it(tmp_path):
+    """Normalization becomes a per-channel int8 affine, resize/flip/padding/dropout pass values
+    through, swish/sigmoid/Multiply get their own ranges; both files run every weighted op in int8
+    and compute what the QAT model computes; the rebuild still computes the original function."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from exporter.export import onnx as onx
+    from exporter.export import tflite as tfl
+    from exporter.quantize import qat
+
+    x = np.random.default_rng(4).uniform(0, 255, (256, 10, 10, 3)).astype(np.float32)
+    original = _mobile_model()
+    model, notes = qat.build_qat_model(original)
+    assert notes["normalization_as_depthwise"] == 1 and notes["bn_folded"] == 3 and notes["weight_layers"] == 7
+    qat.calibrate(model, x[:128])
+    ref = original(x, training=False).numpy()
+    want = model.predict(x, verbose=0)
+    assert np.abs(want - ref).max() < 0.1 and (want.argmax(1) == ref.argmax(1)).mean() > 0.8
+    tfl.export_qat_int8(model, tmp_path / "m.tflite", (10, 10, 3))
+    onx.export_qat_int8(model, tmp_path / "m.onnx", (10, 10, 3))
+    for path in (tmp_path / "m.tflite", tmp_path / "m.onnx"):
+        got, _ = _run(path, x)
+        assert np.abs(got - want).max() < 0.05, path
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.97, path
+    interp = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    ops = interp._get_ops_details()
+    weighted = [o for o in ops if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert len(weighted) == 7 and all(tensors[o["inputs"][1]]["dtype"] == np.int8 for o in weighted)
+    assert not [t["name"] for t in tensors.values() if t["dtype"] == np.float32]  # nothing left in float
+
+
+def test_qat_refuses_an_inverted_normalization():
+    from exporter.quantize import qat
+
+    inp = keras.Input((6, 6, 2))
+    x = layers.Normalization(mean=[0.0, 1.0], variance=[1.0, 2.0], invert=True)(inp)
+    with pytest.raises(UsageError, match="inverted Normalization"):
+        qat.build_qat_model(keras.Model(inp, layers.Conv2D(2, 1)(x)))

@@ -45,12 +45,17 @@ DEFAULT_LR = 1e-4
 BN_EPS_DEFAULT = 1e-3
 
 COMPUTE = ("Conv2D", "DepthwiseConv2D", "Dense")
+# Layers that move or select values without computing new ones (or are identity at inference, like
+# the Random* augmentations): no new range after them, the converters give their output the input's.
 PASS_THROUGH = ("MaxPooling2D", "Flatten", "Reshape", "Dropout", "ZeroPadding2D", "SpatialDropout2D",
-                "GaussianNoise", "GaussianDropout", "ActivityRegularization")
+                "GaussianNoise", "GaussianDropout", "ActivityRegularization", "Resizing", "Cropping2D", "CenterCrop",
+                "UpSampling2D", "Identity", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+                "RandomCrop", "RandomContrast", "RandomBrightness")
 REQUANT = ("Add", "Subtract", "Multiply", "Concatenate", "Average", "AveragePooling2D", "GlobalAveragePooling2D",
            "GlobalMaxPooling2D", "Softmax", "Rescaling")
 RELUS = ("ReLU",)
-SUPPORTED = (*COMPUTE, "BatchNormalization", "Activation", *RELUS, *PASS_THROUGH, *REQUANT, "InputLayer")
+AFFINE = ("BatchNormalization", "Normalization")  # per-channel x * scale + shift
+SUPPORTED = (*COMPUTE, *AFFINE, "Activation", *RELUS, *PASS_THROUGH, *REQUANT, "InputLayer")
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
 ACTIVATIONS = ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "swish", "silu", "hard_swish",
                "hard_sigmoid")
@@ -99,8 +104,8 @@ def _layers():
                 lo, hi = tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
                 self.amin.assign(EMA_DECAY * self.amin + (1 - EMA_DECAY) * lo)
                 self.amax.assign(EMA_DECAY * self.amax + (1 - EMA_DECAY) * hi)
-            lo = tf.minimum(self.amin, 0.0)
-            hi = tf.maximum(self.amax, lo + 1e-6)
+            lo = tf.minimum(self.amin, 0.0)  # the range holds 0 (an exact zero point), whatever was seen
+            hi = tf.maximum(tf.maximum(self.amax, 0.0), lo + 1e-6)
             return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False)
 
     def wquant(kernel, per_channel: bool):
@@ -247,8 +252,9 @@ def check_supported(model) -> None:
     bad = sorted({n.type for n in nodes if n.type not in SUPPORTED})
     if bad:
         raise UsageError(f"QAT cannot rebuild layer type(s) {', '.join(bad)} of '{model.name}' "
-                         f"(supported: Conv2D, DepthwiseConv2D, Dense, BatchNormalization, ReLU/Activation, Add, "
-                         "pooling, Flatten/Reshape/Dropout, Rescaling, Softmax)",
+                         f"(supported: Conv2D, DepthwiseConv2D, Dense, BatchNormalization, Normalization, "
+                         "ReLU/Activation, Add/Multiply/Concatenate, pooling, Flatten/Reshape/Dropout, Rescaling, "
+                         "Resizing/cropping, Random* augmentation, Softmax)",
                          hint="use --int8 ptq or --int8 fallback for this model")
     for n in nodes:
         if n.type == "Conv2D" and getattr(n.op, "groups", 1) != 1:
@@ -258,18 +264,33 @@ def check_supported(model) -> None:
             if act not in ACTIVATIONS:
                 raise UsageError(f"QAT cannot rebuild activation '{act}' of layer '{n.op.name}'",
                                  hint="use --int8 ptq or fallback")
-        if n.type == "BatchNormalization" and n.op.axis not in (-1, len(n.node.input_tensors[0].shape) - 1):
-            raise UsageError(f"QAT supports BatchNormalization on the last axis only ('{n.op.name}')",
-                             hint="use --int8 ptq or fallback")
+        if n.type in AFFINE:
+            rank = len(n.node.input_tensors[0].shape)
+            axis = n.op.axis
+            axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+            if tuple(a % rank for a in axes) != (rank - 1,):
+                raise UsageError(f"QAT supports {n.type} over the last (channel) axis only ('{n.op.name}')",
+                                 hint="use --int8 ptq or fallback")
+            if n.type == "Normalization" and n.op.invert:
+                raise UsageError(f"QAT cannot rebuild the inverted Normalization '{n.op.name}'",
+                                 hint="use --int8 ptq or fallback")
 
 
-def _bn_affine(bn) -> tuple[np.ndarray, np.ndarray]:
-    """BatchNormalization in inference mode as y = x * scale + shift."""
-    w = {v.path.split("/")[-1]: np.asarray(v, np.float64) for v in bn.weights}
-    c = len(w["moving_mean"])
-    gamma = w.get("gamma", np.ones(c))
-    beta = w.get("beta", np.zeros(c))
-    scale = gamma / np.sqrt(w["moving_variance"] + bn.epsilon)
+def _affine(node: _Node) -> tuple[np.ndarray, np.ndarray]:
+    """BatchNormalization (inference statistics) or Normalization as y = x * scale + shift, per channel."""
+    op = node.op
+    channels = int(node.node.input_tensors[0].shape[-1])
+    if node.type == "Normalization":  # Keras: (x - mean) / max(sqrt(variance), epsilon)
+        import keras
+
+        mean = np.broadcast_to(np.asarray(op.mean, np.float64).reshape(-1), (channels,))
+        std = np.maximum(np.sqrt(np.broadcast_to(np.asarray(op.variance, np.float64).reshape(-1), (channels,))),
+                         keras.backend.epsilon())
+        return 1.0 / std, -mean / std
+    w = {v.path.split("/")[-1]: np.asarray(v, np.float64) for v in op.weights}
+    gamma = w.get("gamma", np.ones(channels))
+    beta = w.get("beta", np.zeros(channels))
+    scale = gamma / np.sqrt(w["moving_variance"] + op.epsilon)
     return scale, beta - w["moving_mean"] * scale
 
 
@@ -309,7 +330,8 @@ def build_qat_model(model):
         return reader.type == "Activation" and _activation_name(reader.op) in ("relu", "relu6")
 
     env: dict[int, object] = {}
-    notes = {"bn_folded": 0, "bn_as_depthwise": 0, "weight_layers": 0, "activation_ranges": 0}
+    notes = {"bn_folded": 0, "bn_as_depthwise": 0, "normalization_as_depthwise": 0, "weight_layers": 0,
+             "activation_ranges": 0}
     names: set[str] = set()
 
     def uname(base):
@@ -345,7 +367,7 @@ def build_qat_model(model):
             kind = {"Conv2D": "conv", "DepthwiseConv2D": "depthwise", "Dense": "dense"}[t]
             bn = fold_into.get(id(n))
             if bn is not None:
-                scale, shift = _bn_affine(bn.op)
+                scale, shift = _affine(bn)
                 if kind == "depthwise":
                     kh, kw, cin, mult = kernel.shape
                     kernel = (kernel.reshape(kh, kw, cin * mult) * scale).reshape(kh, kw, cin, mult)
@@ -367,13 +389,13 @@ def build_qat_model(model):
             if bn is not None:
                 env[n.outputs[0]] = env[out_id]
             continue
-        if t == "BatchNormalization":
+        if t in AFFINE:  # not after a conv (e.g. Conv -> ReLU -> BN, or Normalization at the input)
             if len(n.node.input_tensors[0].shape) != 4:
-                raise UsageError(f"QAT cannot rebuild BatchNormalization '{name}' on a {len(n.node.input_tensors[0].shape)}-D "
+                raise UsageError(f"QAT cannot rebuild {t} '{name}' on a {len(n.node.input_tensors[0].shape)}-D "
                                  "tensor that does not follow a Conv/Dense", hint="use --int8 ptq or fallback")
-            scale, shift = _bn_affine(n.op)
+            scale, shift = _affine(n)
             y = L["QConv"]("depthwise", scale.reshape(1, 1, -1, 1), shift, name=uname(f"{name}_q"))(env[x_ids[0]])
-            notes["bn_as_depthwise"] += 1
+            notes["bn_as_depthwise" if t == "BatchNormalization" else "normalization_as_depthwise"] += 1
             notes["weight_layers"] += 1
             env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
             continue
