@@ -6,9 +6,18 @@ the Keras original and the gate verdict (`validate` on all 10,000 test images), 
 batch 1 and the speed-up over fp32 in the same run (`bench`), the remedy's wall time, and the
 hold-out judgement the remedy recorded. Writes results/int8_fidelity.{json,md}.
 
+Two models are written the way a user writes them, outside our model zoo, and imported with
+`convert --model`:
+- mobilenetv2: Input (28, 28, 1) -> Resizing(32, 32) -> keras.applications.MobileNetV2 (alpha 0.35,
+  weights=None, ReLU6, depthwise) -> Dense logits; 3 epochs on 12,000 images, BN momentum 0.9;
+- efficientnetb0: raw 0..255 RGB (Fashion-MNIST padded to 32x32, grey replicated, an .npz of 30,000
+  training and the 10,000 test images) -> keras.applications.EfficientNetB0 (its own Rescaling and
+  Normalization inside, the Normalization adapted on the training images; swish, squeeze-excite)
+  -> Dense softmax; 4 epochs on 20,000 images, BN momentum 0.9.
+
 Usage: python benchmarks/int8_fidelity.py [--fresh] [model ...]   (default: residual12 plain12 resmini)
 Rows already measured (artifacts/int8-fidelity/partial.json) are kept unless --fresh, so models can
-be added one invocation at a time (~12 min a model on 2 shared cores)."""
+be added one invocation at a time (~12 min a model on 2 shared cores; efficientnetb0 ~40 min)."""
 
 import json
 import shutil
@@ -35,21 +44,101 @@ def cli(*args: str, ok=(0,)) -> dict:
 
 from exporter.cpuinfo import physical_cores  # noqa: E402
 
+import numpy as np  # noqa: E402
+
+
+def _bn_momentum(model, momentum: float) -> None:
+    for layer in model._flatten_layers():
+        if type(layer).__name__ == "BatchNormalization":
+            layer.momentum = momentum
+
+
+def fmnist32rgb(path, train: int = 30000):
+    """Fashion-MNIST as an RGB user's .npz: 32x32 (padded), grey replicated, uint8 0..255."""
+    from exporter import data
+
+    ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=train)
+
+    def rgb32(x):
+        x = np.round(np.asarray(x, np.float32) * 255).clip(0, 255).astype(np.uint8)
+        return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
+
+    if not path.is_file():
+        np.savez(path, x_train=rgb32(ds.x_train), y_train=np.asarray(ds.y_train), x_test=rgb32(ds.x_test),
+                 y_test=np.asarray(ds.y_test), class_names=np.asarray(ds.class_names))
+    return path
+
+
+def user_model(name: str, folder) -> tuple:
+    """(model file, extra convert args) of a keras.applications model trained as a user would."""
+    import keras
+
+    from exporter import data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.keras"
+    keras.utils.set_random_seed(0)
+    if name == "mobilenetv2":
+        extra = ()
+        ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=12000)
+        x, y, epochs = np.asarray(ds.x_train, np.float32), np.asarray(ds.y_train), 3
+        inp = keras.Input((28, 28, 1), name="image")
+        h = keras.layers.Resizing(32, 32)(inp)
+        h = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, include_top=False, weights=None,
+                                           pooling="avg")(h)
+        model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="mobilenetv2_user")
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    else:
+        npz = fmnist32rgb(folder / "fmnist32rgb.npz")
+        extra = ("--data", str(npz))
+        with np.load(npz) as f:
+            x, y, epochs = f["x_train"][:20000].astype(np.float32), f["y_train"][:20000], 4
+        backbone = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=None,
+                                                     pooling="avg")
+        norm = next(layer for layer in backbone.layers if type(layer).__name__ == "Normalization")
+        norm.adapt(x[:5000] / 255.0)  # it sits after Rescaling(1/255)
+        inp = keras.Input((32, 32, 3), name="image")
+        model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(backbone(inp)), name="efficientnetb0_user")
+        loss = keras.losses.SparseCategoricalCrossentropy()
+    if not path.is_file():
+        _bn_momentum(model, 0.9)
+        model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
+        model.fit(x, y, batch_size=64, epochs=epochs, verbose=2)
+        model.save(path)
+    return path, extra
+
+
+USER_MODELS = ("mobilenetv2", "efficientnetb0")
+
+
+def _where(m: dict) -> dict:
+    """The machine a model's rows were measured on (rows of several sessions share one table)."""
+    return {"cpu": m.get("cpu"), "cores": m.get("cores"), "int8_isa": (m.get("cpu_int8") or {}).get("summary")}
+
 threads = physical_cores()
 rows, models = [], {}
 PARTIAL = OUT / "partial.json"
-if PARTIAL.is_file() and not FRESH:
-    old = json.loads(PARTIAL.read_text())
+COMMITTED = ROOT / "benchmarks" / "results" / "int8_fidelity.json"
+if not FRESH and (PARTIAL.is_file() or COMMITTED.is_file()):  # add to what was measured (here or committed)
+    old = json.loads((PARTIAL if PARTIAL.is_file() else COMMITTED).read_text())
     rows, models = old["rows"], old["models"]
+    for m in models.values():
+        m.setdefault("machine", _where(old["machine"]))
+OUT.mkdir(parents=True, exist_ok=True)
 done = {(r["model"], r["remedy"]) for r in rows}
 for name in MODELS:
     base = OUT / name
-    if not (base / "model.keras").is_file():
+    if not (base / "manifest.json").is_file():
         t0 = time.perf_counter()
-        cli("train", "--model", name, "--epochs", "2", "--train-limit", "12000", "--bn-momentum", "0.9",
-            "--run", str(base), "--force")
+        if name in USER_MODELS:
+            path, extra = user_model(name, OUT / "user-models")
+            cli("convert", "--model", str(path), "--run", str(base), *extra, "--format", "all", "--quantize", "none")
+        else:
+            cli("train", "--model", name, "--epochs", "2", "--train-limit", "12000", "--bn-momentum", "0.9",
+                "--run", str(base), "--force")
         models[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
     models.setdefault(name, {})
+    models[name]["machine"] = _where(machine())
     if not all((base / f).exists() for f in ("model_fp32.tflite", "model.onnx")):
         cli("convert", "--run", str(base), "--format", "all", "--quantize", "none")
     for remedy in REMEDIES:
