@@ -146,6 +146,8 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: 
         from exporter.export.onnx import int8_target
 
         key["target_cpu"] = {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}
+        if mode in ("qat", "auto") and key["target_cpu"]["reduce_range"]:
+            key["qat_weights"] = "7-bit"  # QAT ONNX for AVX2 (before: 8-bit whatever the target)
     return key
 
 

@@ -382,3 +382,26 @@ def test_qat_refuses_an_inverted_normalization():
     x = layers.Normalization(mean=[0.0, 1.0], variance=[1.0, 2.0], invert=True)(inp)
     with pytest.raises(UsageError, match="inverted Normalization"):
         qat.build_qat_model(keras.Model(inp, layers.Conv2D(2, 1)(x)))
+
+
+def test_qat_onnx_for_an_avx2_target_has_7_bit_weights(tmp_path, images, qat_model):
+    """--target-cpu avx2 (ORT's AVX2 kernels saturate full-range u8 x s8 products): the QAT ONNX
+    weights are re-rounded to -63..63, like the PTQ ONNX file's reduce_range; vnni keeps -127..127."""
+    import onnx
+    from onnx import numpy_helper
+
+    from exporter.export import onnx as onx
+
+    model, _ = qat_model
+    want = model.predict(images, verbose=0)
+    widest = {}
+    for target in ("avx2", "vnni"):
+        path = tmp_path / f"{target}.onnx"
+        details = onx.export_qat_int8(model, path, (12, 12, 1), target_cpu=target)
+        assert details["target_cpu"]["target_cpu"] == target
+        inits = [numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer
+                 if t.data_type == onnx.TensorProto.INT8]
+        widest[target] = max(int(np.abs(w).max()) for w in inits)
+        got, _ = _run(path, images)
+        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9, target
+    assert widest == {"avx2": 63, "vnni": 127}

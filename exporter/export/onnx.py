@@ -285,16 +285,19 @@ def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=
                     target_cpu=target)
 
 
-def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
+def export_qat_int8(qat_model, out: Path, input_shape, target_cpu: str = "auto") -> dict:
     """QDQ ONNX from a quantisation-aware model (exporter.quantize.qat): activations' FakeQuant ->
     QuantizeLinear/DequantizeLinear by tf2onnx, int8 per-channel weights and int32 biases put back by
-    qat.onnx_weight_qdq. Float input/output like export_int8. Freezes the model's weights in place."""
+    qat.onnx_weight_qdq, 7-bit for an AVX2 target (ORT_INT8_TARGETS' reduce_range, as export_int8).
+    Float input/output like export_int8. Freezes the model's weights in place."""
     from exporter.quantize import qat
 
     start = time.perf_counter()
+    target = int8_target(target_cpu)
     tensorflow()
     try:
-        proto = qat.onnx_proto(qat_model, input_shape, input_name=INPUT_NAME, opset=OPSET)
+        proto = qat.onnx_proto(qat_model, input_shape, input_name=INPUT_NAME, opset=OPSET,
+                               reduce_range=target["reduce_range"])
     except ResexportError:
         raise
     except Exception as exc:
@@ -303,6 +306,7 @@ def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
     _tidy(proto)
     record = write_checked(out, proto.SerializeToString(), "onnx-int8", input_shape=tuple(input_shape),
                            num_classes=int(qat_model.output_shape[-1]))
-    return _details(start, conformance=record,
+    bits = "7-bit (reduce_range)" if target["reduce_range"] else "int8"
+    return _details(start, conformance=record, target_cpu=target,
                     converter="tf2onnx.convert.from_function (QAT FakeQuant -> QDQ, uint8 activations) + "
-                                     "int8 per-channel weights / int32 biases (quantize.qat.onnx_weight_qdq)")
+                              f"{bits} per-channel weights / int32 biases (quantize.qat.onnx_weight_qdq)")

@@ -144,8 +144,10 @@ class Int8Session:
         from exporter.export import tflite as tfl
 
         qmodel, record, qat_ref = self.qat_model()
-        exporter = tfl.export_qat_int8 if kind.family == "tflite" else onx.export_qat_int8
-        details = exporter(qmodel, out, tuple(self.dataset.input_shape))
+        if kind.family == "tflite":
+            details = tfl.export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]))
+        else:
+            details = onx.export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]), target_cpu=self.target_cpu)
         result = {"int8": "qat", "fallback": "none", "float_layers": [], **details, "qat": record}
         if judged:
             result["qat"] = {**record, **self.qat_claims(kind, out, qat_ref)}

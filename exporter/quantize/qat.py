@@ -522,10 +522,12 @@ def freeze_weights(qat_model) -> None:
             layer.frozen_weights = True
 
 
-def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 17):
+def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 17, reduce_range: bool = False):
     """The QDQ ONNX graph of a QAT model: tf2onnx on the frozen model (activations' FakeQuant ->
     QuantizeLinear/DequantizeLinear, uint8), then onnx_weight_qdq (int8 weights, int32 biases). The
-    model's kernels are rounded to their int8 grid in place (which changes nothing it computes)."""
+    model's kernels are rounded to their int8 grid in place (which changes nothing it computes).
+    reduce_range: 7-bit weights (-63..63) for ONNX Runtime on AVX2 CPUs without VNNI, whose u8 x s8
+    kernels saturate full-range weights (--target-cpu avx2): the fine-tuned weights re-rounded."""
     from exporter.errors import require
 
     tf = _tf()
@@ -543,15 +545,16 @@ def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 1
         for layer in qat_model.layers:
             if isinstance(layer, _layers()["QConv"]):
                 layer.frozen_weights = False
-    onnx_weight_qdq(proto)
+    onnx_weight_qdq(proto, levels=63 if reduce_range else 127)
     return proto
 
 
-def onnx_weight_qdq(proto) -> dict:
+def onnx_weight_qdq(proto, levels: int = 127) -> dict:
     """Put the int8 weights back behind DequantizeLinear: each Conv's weight initializer (on its int8
     grid, per output channel: axis 0) and each MatMul's (per tensor) becomes int8 values + scale; a
     Conv's bias becomes int32 with scale input_scale x weight_scale when its input comes from a
-    DequantizeLinear. ONNX Runtime then runs those nodes in int8 (QLinearConv/QLinearMatMul)."""
+    DequantizeLinear. ONNX Runtime then runs those nodes in int8 (QLinearConv/QLinearMatMul).
+    levels: the weights' symmetric range, 127 (8 bit, narrow) or 63 (7 bit, reduce_range)."""
     from onnx import TensorProto, helper, numpy_helper
 
     g = proto.graph
@@ -587,14 +590,14 @@ def onnx_weight_qdq(proto) -> dict:
         w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float64)
         if n.op_type == "Conv":
             m = np.abs(w.reshape(w.shape[0], -1)).max(1)
-            scale = np.where(m > 0, m / 127.0, 1.0)
-            q = np.clip(np.round(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -127, 127).astype(np.int8)
+            scale = np.where(m > 0, m / levels, 1.0)
+            q = np.clip(np.round(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -levels, levels).astype(np.int8)
             zero = np.zeros(len(scale), np.int8)
             axis = 0
         else:
             m = float(np.abs(w).max())
-            scale = np.array(m / 127.0 if m > 0 else 1.0)
-            q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+            scale = np.array(m / levels if m > 0 else 1.0)
+            q = np.clip(np.round(w / scale), -levels, levels).astype(np.int8)
             zero = np.array(0, np.int8)
             axis = 0
         n.input[1] = dq(f"{n.name}_w", q, scale, zero, axis, TensorProto.INT8)
