@@ -405,3 +405,62 @@ def test_qat_onnx_for_an_avx2_target_has_7_bit_weights(tmp_path, images, qat_mod
         got, _ = _run(path, images)
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9, target
     assert widest == {"avx2": 63, "vnni": 127}
+
+
+def test_auto_falls_back_on_top_of_the_closer_base():
+    """auto's fallback starts from whichever of ptq and qat came closer on the hold-out (QAT: its
+    agreement with the fine-tuned model), then the other; only ptq when QAT was not tried."""
+    from exporter.quantize.make import Int8Session
+
+    ptq = ({}, None, {"remedy": "ptq", "verdict": {"agreement_lower_bound": 95.0}})
+
+    def qat(bound):
+        return ({"qat": {"claims": {"computes_the_qat_model": {"agreement_lower_bound": bound}}}}, None,
+                {"remedy": "qat"})
+
+    assert Int8Session._bases([ptq, qat(96.5)]) == ["qat", "ptq"]
+    assert Int8Session._bases([ptq, qat(90.0)]) == ["ptq", "qat"]
+    assert Int8Session._bases([ptq]) == ["ptq"]
+    assert Int8Session._bases([]) == ["ptq"]
+
+
+@pytest.mark.slow
+def test_auto_fallback_on_top_of_qat_is_judged_as_qat(trained_run, fmnist, tmp_path, monkeypatch):
+    """When plain PTQ and QAT both miss on the hold-out, auto keeps layers of the FINE-TUNED model
+    float: the file records both QAT claims and validate judges it against model_qat.keras."""
+    import shutil
+
+    from exporter.convert import convert
+    from exporter.quantize.make import Int8Session
+    from exporter.run import Run
+
+    real = Int8Session._judge
+
+    def missing(self, *args, **kwargs):  # ptq and qat "fail" on the hold-out, with their real bounds
+        return {**real(self, *args, **kwargs), "passed": False}
+
+    monkeypatch.setattr(Int8Session, "_judge", missing)
+    monkeypatch.setattr(Int8Session, "_bases", staticmethod(lambda tried: ["qat", "ptq"]))
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.run, run)
+    kinds = [formats.get("tflite-int8"), formats.get("onnx-int8")]
+    status = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, force=True, int8="auto",
+                     qat_epochs=0.01)
+    assert status == {"tflite-int8": "written", "onnx-int8": "written"}, status
+    for name in ("tflite-int8", "onnx-int8"):
+        entry = Run.of(run).artifact(name)
+        assert [s["remedy"] for s in entry["ladder"]] == ["ptq", "qat", "fallback"], entry["ladder"]
+        if entry["chosen"] != "fallback":  # even all-float missed on both bases: the last candidate, said so
+            assert entry["passed_holdout"] is False
+            continue
+        assert entry["fallback_on"] == "qat" and entry["ladder"][-1]["on"] == "qat"
+        claims = entry["qat"]["claims"]
+        assert set(claims) == {"computes_the_qat_model", "keeps_the_original_accuracy"}
+        assert claims["keeps_the_original_accuracy"]["gates"]["min_agreement"] is None
+        assert entry["qat"]["model_file"] == "model_qat.keras"
+    monkeypatch.undo()
+    from exporter.data import subset
+    from exporter.validate import validate
+
+    report = validate(run=run, dataset=subset(fmnist, test_limit=200), kinds=["tflite-int8", "onnx-int8"])
+    assert {r["agreement_reference"] for r in report["artifacts"]} == {"model_qat.keras"}

@@ -367,11 +367,13 @@ def inspect(*, run: Path, kind: str, dataset: data_mod.Dataset, samples: int = D
 def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibration, dataset: data_mod.Dataset,
                     run, gates: formats.Gates | None = None, target_cpu: str = "auto",
                     holdout_count: int = DEFAULT_HOLDOUT, samples: int = DEFAULT_SAMPLES,
-                    reference: np.ndarray | None = None) -> dict:
+                    reference: np.ndarray | None = None, also=None) -> dict:
     """Write `kind` to `out` with the fewest layers kept in float32 that make it pass its gate,
     judged by the confidence bounds of exporter.quantize.judge on a held-out training slice. Layers are ranked by their own quantisation
     error (layer_table); the float set is the worst k, k = 0, 1, 2, 4, ... until one passes, then
-    bisected between the last k that failed and the first that passed. Returns the manifest details."""
+    bisected between the last k that failed and the first that passed. Returns the manifest details.
+    `also(outputs) -> verdict`: a second claim a trial must pass too (fallback on top of QAT: the
+    drop against the original, while `reference` is the fine-tuned model's outputs)."""
     from exporter.quantize.judge import judge
     from exporter.runtimes import load_runner
 
@@ -399,9 +401,13 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
             path = Path(tmpdir) / f"k{k}{Path(kind.filename).suffix}"
             backend.quantize(names, path)
             runner = load_runner(path, kind=kind.name)
-            m = judge(ref, runner.predict_batched(hold.x, 256), labels, dataset.class_names, gates,
-                      convention=convention, seen=seen)
+            outputs = runner.predict_batched(hold.x, 256)
             runner.close()
+            m = judge(ref, outputs, labels, dataset.class_names, gates, convention=convention, seen=seen)
+            if also is not None:
+                second = also(outputs)
+                m = {**m, "passed": m["passed"] and second["passed"], "failures": m["failures"] + second["failures"],
+                     "also": second}
             m.update({"float_set": k, "float_layers": len(names), "bytes": path.stat().st_size})
             trials.append(m)
             cache[k] = (m, path)

@@ -3,8 +3,9 @@
 - ptq: calibration only (export_int8: the converter's post-training quantisation);
 - qat: quantisation-aware fine-tuning (exporter.quantize.qat), exported from the fine-tuned model;
 - fallback: the fewest layers kept in float32 (exporter.quantize.diagnose.fallback_search);
-- auto: the cheapest that passes, in that order (ptq, then qat, then fallback of the PTQ model),
-  each judged on the hold-out slice by exporter.quantize.judge; the ladder tried is recorded.
+- auto: the cheapest that passes, in that order (ptq, then qat, then fallback on top of the better of
+  the two: of the original, or of the fine-tuned model), each judged on the hold-out slice by
+  exporter.quantize.judge; the ladder tried is recorded.
 
 `Int8Session` holds what the kinds of one convert call share: the hold-out slice, the reference's
 outputs on it, the fine-tuned model (trained once, saved in the run as model_qat.keras)."""
@@ -124,16 +125,20 @@ class Int8Session:
 
     # ------------------------------------------------------------------ remedies
     def _judge(self, out_path: Path, kind, reference=None, gates=None) -> dict:
-        from exporter.quantize.judge import judge
         from exporter.runtimes import load_runner
 
-        hold, labels, seen = self.holdout()
         runner = load_runner(out_path, kind=kind.name)
-        out = runner.predict_batched(hold.x, 256)
+        out = runner.predict_batched(self.holdout()[0].x, 256)
         runner.close()
+        return self._verdict(out, kind, reference, gates)
+
+    def _verdict(self, outputs: np.ndarray, kind, reference=None, gates=None) -> dict:
+        from exporter.quantize.judge import judge
+
+        hold, labels, seen = self.holdout()
         ref = self.reference() if reference is None else reference
-        return judge(ref, out, labels, self.dataset.class_names, gates or kind.gates, convention=self.convention,
-                     seen=seen)
+        return judge(ref, outputs, labels, self.dataset.class_names, gates or kind.gates,
+                     convention=self.convention, seen=seen)
 
     def ptq(self, kind, out: Path) -> dict:
         return {"int8": "ptq", "fallback": "none", "float_layers": [],
@@ -162,13 +167,37 @@ class Int8Session:
         return {"claims": {"computes_the_qat_model": same, "keeps_the_original_accuracy": keeps},
                 "passed": same["passed"] and keeps["passed"]}
 
-    def fallback(self, kind, out: Path) -> dict:
+    def fallback(self, kind, out: Path, on: str = "ptq") -> dict:
+        """The fewest layers kept float that pass. on='ptq': of the original model, judged against it.
+        on='qat': of the fine-tuned model (its float twin quantised from calibration), judged by the
+        two QAT claims: agreement with the fine-tuned model, drop against the original."""
         from exporter.quantize.diagnose import fallback_search
 
-        return {"int8": "fallback", **fallback_search(kind=kind, source=self.source, out=out,
-                                                      calibration=self.calibration, dataset=self.dataset,
-                                                      run=self.run, target_cpu=self.target_cpu,
-                                                      reference=self.reference())}
+        if on == "ptq":
+            return {"int8": "fallback", "fallback_on": "ptq",
+                    **fallback_search(kind=kind, source=self.source, out=out, calibration=self.calibration,
+                                      dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
+                                      reference=self.reference())}
+        from exporter.export.source import ExportSource
+        from exporter.quantize import qat
+
+        qmodel, record, qat_ref = self.qat_model()
+        twin = ExportSource(path=self.run / QAT_FILE, family="keras", input_shape=self.source.input_shape,
+                            input_name=self.source.input_name, num_classes=self.source.num_classes,
+                            _model=qat.float_twin(qmodel))
+        keeps_gates = replace(kind.gates, min_agreement=None)
+        try:
+            details = fallback_search(kind=kind, source=twin, out=out, calibration=self.calibration,
+                                      dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
+                                      reference=qat_ref,
+                                      also=lambda outputs: self._verdict(outputs, kind, gates=keeps_gates))
+        finally:
+            twin.cleanup()
+        chosen = dict(details["fallback_search"]["chosen"])
+        keeps = chosen.pop("also")
+        claims = {"computes_the_qat_model": chosen, "keeps_the_original_accuracy": keeps}
+        return {"int8": "fallback", "fallback_on": "qat", **details,
+                "qat": {**record, "claims": claims, "passed": chosen["passed"]}}
 
     def auto(self, kind, out: Path) -> dict:
         """The cheapest remedy that passes on the hold-out's bounds: ptq, qat, fallback."""
@@ -196,25 +225,43 @@ class Int8Session:
                     self._place(path, out, kind)
                     return {**details, "int8": "auto", "chosen": remedy, "ladder": ladder,
                             "seconds_ladder": round(time.perf_counter() - start, 1)}
-            t0 = time.perf_counter()
-            try:
-                details = self.fallback(kind, out)
-                ladder.append({"remedy": "fallback", "passed": True, "bytes": out.stat().st_size,
+            bases = self._bases(tried)
+            for base in bases:  # the better base first; the other if even all-float fails on it
+                t0 = time.perf_counter()
+                try:
+                    details = self.fallback(kind, out, on=base)
+                except ResexportError as exc:
+                    ladder.append({"remedy": "fallback", "on": base, "passed": False, "error": str(exc),
+                                   "seconds": round(time.perf_counter() - t0, 1)})
+                    error = exc
+                    continue
+                ladder.append({"remedy": "fallback", "on": base, "passed": True, "bytes": out.stat().st_size,
                                "float_layers": len(details["float_layers"]),
                                "seconds": round(time.perf_counter() - t0, 1)})
                 return {**details, "int8": "auto", "chosen": "fallback", "ladder": ladder,
                         "seconds_ladder": round(time.perf_counter() - start, 1)}
-            except ResexportError as exc:
-                ladder.append({"remedy": "fallback", "passed": False, "error": str(exc),
-                               "seconds": round(time.perf_counter() - t0, 1)})
-                if not tried:
-                    raise
-                details, path, step = tried[-1]
-                log.warning("%s: no int8 remedy passed on the hold-out slice; writing the %s artifact", kind.name,
-                            step["remedy"])
-                self._place(path, out, kind)
-                return {**details, "int8": "auto", "chosen": step["remedy"], "passed_holdout": False,
-                        "ladder": ladder, "seconds_ladder": round(time.perf_counter() - start, 1)}
+            if not tried:
+                raise error
+            details, path, step = tried[-1]
+            log.warning("%s: no int8 remedy passed on the hold-out slice; writing the %s artifact", kind.name,
+                        step["remedy"])
+            self._place(path, out, kind)
+            return {**details, "int8": "auto", "chosen": step["remedy"], "passed_holdout": False,
+                    "ladder": ladder, "seconds_ladder": round(time.perf_counter() - start, 1)}
+
+    @staticmethod
+    def _bases(tried: list[tuple[dict, Path, dict]]) -> list[str]:
+        """The fallback's bases, best first: 'qat' (the fine-tuned model) and 'ptq' (the original),
+        ranked by how close their hold-out agreement bound came (QAT: with the fine-tuned model it
+        computes); only 'ptq' when QAT was not tried."""
+        def bound(details: dict, step: dict) -> float:
+            if step["remedy"] == "qat":
+                return details["qat"]["claims"]["computes_the_qat_model"]["agreement_lower_bound"]
+            return step["verdict"]["agreement_lower_bound"]
+
+        ranked = [remedy for _, remedy in sorted(((bound(d, step), step["remedy"]) for d, _, step in tried),
+                                                 reverse=True)]
+        return ranked + ["ptq"] if "ptq" not in ranked else ranked
 
     def _place(self, candidate: Path, out: Path, kind: formats.ArtifactKind) -> None:
         """The chosen candidate file becomes the artifact, through the exporters' conformance gate."""

@@ -86,6 +86,7 @@ def _layers():
         def __init__(self, **kw):
             super().__init__(**kw)
             self.calibrating = False
+            self.bypass = False  # float_twin: the range is not applied
 
         def build(self, shape):
             self.amin = self.add_weight(shape=(), initializer="zeros", trainable=False, name="amin")
@@ -93,6 +94,8 @@ def _layers():
             self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
 
         def call(self, x, training=False):
+            if self.bypass:
+                return x
             if self.calibrating:
                 lo, hi = tf.reduce_min(x), tf.reduce_max(x)
                 first = self.seen < 0.5
@@ -520,6 +523,24 @@ def freeze_weights(qat_model) -> None:
         if isinstance(layer, cls) and not layer.frozen_weights:
             layer.kernel.assign(layer.quantized_kernel())
             layer.frozen_weights = True
+
+
+def float_twin(qat_model):
+    """The fine-tuned model computed in float: a copy of `qat_model` whose kernels sit on their int8
+    grid and whose activation ranges are not applied. The base of a float fallback on top of QAT
+    (the converters quantise it again from calibration, with some layers kept float)."""
+    import keras
+
+    _layers()
+    twin = keras.Model.from_config(qat_model.get_config())
+    twin.set_weights(qat_model.get_weights())
+    for layer in twin.layers:
+        if isinstance(layer, _LAYERS["QConv"]):
+            layer.kernel.assign(layer.quantized_kernel())
+            layer.frozen_weights = True
+        elif isinstance(layer, _LAYERS["ActQuant"]):
+            layer.bypass = True
+    return twin
 
 
 def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 17, reduce_range: bool = False):
