@@ -42,11 +42,17 @@ def _tiny_model(nested: bool = True) -> keras.Model:
     x = layers.Activation("relu", name="r3")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     out = layers.Dense(10, activation="softmax", name="probabilities")(x)
-    model = keras.Model(inp, out, name="tiny")
-    rng = np.random.default_rng(0)
+    return _deterministic_weights(keras.Model(inp, out, name="tiny"), seed=0, kernel_std=0.4)
+
+
+def _deterministic_weights(model: keras.Model, *, seed: int, kernel_std: float) -> keras.Model:
+    """Seeded weights with non-default BatchNorm statistics (a Normalization's own statistics kept)."""
+    rng = np.random.default_rng(seed)
     for w in model.weights:
         shape = tuple(w.shape)
         name = w.path.split("/")[-1]
+        if name in ("mean", "variance", "count"):
+            continue
         if name == "moving_variance":
             w.assign(rng.uniform(0.5, 2.0, shape))
         elif name == "gamma":
@@ -54,7 +60,7 @@ def _tiny_model(nested: bool = True) -> keras.Model:
         elif name in ("beta", "moving_mean", "bias"):
             w.assign(rng.normal(0, 0.1, shape))
         else:
-            w.assign(rng.normal(0, 0.4, shape))
+            w.assign(rng.normal(0, kernel_std, shape))
     return model
 
 
@@ -92,23 +98,30 @@ def _run(path, x):
         runner.close()
 
 
-def test_qat_tflite_and_onnx_compute_what_the_qat_model_computes(tmp_path, images, qat_model):
-    """The converted files, run in their runtimes, against the QAT model run in Keras."""
+def _both_files_compute_the_qat_model(model, x, folder):
+    """Export the QAT model to both kinds; each file, run in its runtime, agrees with the QAT model run
+    in Keras (loose bounds: int8 rounding differs between CPUs). Returns the TFLite interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
     from exporter.export import onnx as onx
     from exporter.export import tflite as tfl
 
-    model, _ = qat_model
-    want = model.predict(images, verbose=0)
-    tfl.export_qat_int8(model, tmp_path / "m.tflite", (12, 12, 1))
-    onx.export_qat_int8(model, tmp_path / "m.onnx", (12, 12, 1))
-    for path in (tmp_path / "m.tflite", tmp_path / "m.onnx"):
-        got, io = _run(path, images)
+    shape = tuple(model.input_shape[1:])
+    want = model.predict(x, verbose=0)
+    tfl.export_qat_int8(model, folder / "m.tflite", shape)
+    onx.export_qat_int8(model, folder / "m.onnx", shape)
+    for path in (folder / "m.tflite", folder / "m.onnx"):
+        got, _ = _run(path, x)
         assert np.abs(got - want).max() < 0.05, path
         assert (got.argmax(1) == want.argmax(1)).mean() >= 0.97, path
-    # TFLite: full integer, int8 I/O, every conv/dense int8
-    from ai_edge_litert.interpreter import Interpreter
+    return Interpreter(model_path=str(folder / "m.tflite"))
 
-    interp = Interpreter(model_path=str(tmp_path / "m.tflite"))
+
+def test_qat_tflite_and_onnx_compute_what_the_qat_model_computes(tmp_path, images, qat_model):
+    """The converted files, run in their runtimes, against the QAT model run in Keras."""
+    model, _ = qat_model
+    interp = _both_files_compute_the_qat_model(model, images, tmp_path)
+    # TFLite: full integer, int8 I/O, every conv/dense int8
     assert interp.get_input_details()[0]["dtype"] == np.int8 and interp.get_output_details()[0]["dtype"] == np.int8
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
@@ -326,31 +339,13 @@ def _mobile_model() -> keras.Model:
     x = layers.add([y, x], name="add")
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     model = keras.Model(inp, layers.Dense(10, activation="softmax", name="probabilities")(x), name="mobile")
-    rng = np.random.default_rng(3)
-    for w in model.weights:
-        name = w.path.split("/")[-1]
-        if name in ("mean", "variance", "count"):
-            continue
-        shape = tuple(w.shape)
-        if name == "moving_variance":
-            w.assign(rng.uniform(0.5, 2.0, shape))
-        elif name == "gamma":
-            w.assign(rng.uniform(0.5, 1.5, shape))
-        elif name in ("beta", "moving_mean", "bias"):
-            w.assign(rng.normal(0, 0.1, shape))
-        else:
-            w.assign(rng.normal(0, 0.5, shape))
-    return model
+    return _deterministic_weights(model, seed=3, kernel_std=0.5)
 
 
 def test_qat_rebuilds_mobile_blocks_and_the_files_compute_it(tmp_path):
     """Normalization becomes a per-channel int8 affine, resize/flip/padding/dropout pass values
     through, swish/sigmoid/Multiply get their own ranges; both files run every weighted op in int8
     and compute what the QAT model computes; the rebuild still computes the original function."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    from exporter.export import onnx as onx
-    from exporter.export import tflite as tfl
     from exporter.quantize import qat
 
     x = np.random.default_rng(4).uniform(0, 255, (256, 10, 10, 3)).astype(np.float32)
@@ -361,13 +356,7 @@ def test_qat_rebuilds_mobile_blocks_and_the_files_compute_it(tmp_path):
     ref = original(x, training=False).numpy()
     want = model.predict(x, verbose=0)
     assert np.abs(want - ref).max() < 0.1 and (want.argmax(1) == ref.argmax(1)).mean() > 0.8
-    tfl.export_qat_int8(model, tmp_path / "m.tflite", (10, 10, 3))
-    onx.export_qat_int8(model, tmp_path / "m.onnx", (10, 10, 3))
-    for path in (tmp_path / "m.tflite", tmp_path / "m.onnx"):
-        got, _ = _run(path, x)
-        assert np.abs(got - want).max() < 0.05, path
-        assert (got.argmax(1) == want.argmax(1)).mean() >= 0.97, path
-    interp = Interpreter(model_path=str(tmp_path / "m.tflite"))
+    interp = _both_files_compute_the_qat_model(model, x, tmp_path)
     tensors = {t["index"]: t for t in interp.get_tensor_details()}
     ops = interp._get_ops_details()
     weighted = [o for o in ops if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
