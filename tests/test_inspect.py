@@ -143,6 +143,8 @@ def test_fallback_auto_makes_a_failing_int8_model_pass(swamped_run, tmp_path, ki
         assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
     search = entry["fallback_search"]
     assert search["chosen"]["passed"] and search["trials"][0]["float_set"] == 0 and not search["trials"][0]["passed"]
+    # an imported model's training images are unknown: the hold-out is matched to the test inputs' difficulty
+    assert search["seen_in_training"] is None and search["chosen"]["difficulty_matched"]["bins"] == 10
     assert search["trials"][0]["agreement"] < gate - 20
     assert len(search["trials"]) < search["ranked_layers"]  # guided, not one trial per layer
     assert len(entry["float_layers"]) <= 4, entry["float_layers"]  # one layer: its op and the ops reading it

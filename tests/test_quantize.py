@@ -453,3 +453,33 @@ def test_auto_fallback_on_top_of_qat_is_judged_as_qat(trained_run, fmnist, tmp_p
 
     report = validate(run=run, dataset=subset(fmnist, test_limit=200), kinds=["tflite-int8", "onnx-int8"])
     assert {r["agreement_reference"] for r in report["artifacts"]} == {"model_qat.keras"}
+
+
+def test_difficulty_matching_stops_easy_training_images_standing_in_for_hard_ones():
+    """A hold-out of mostly easy images (large reference margins) where the artifact disagrees only
+    on hard ones passes the plain bounds, but not once it is reweighted to a deployment set that is
+    mostly hard; with the deployment as easy as the hold-out, the two estimates meet."""
+    from exporter.quantize.judge import difficulty_matched, judge, top2_margin
+
+    rng = np.random.default_rng(5)
+    n, classes = 5000, 10
+    labels = rng.integers(0, classes, n)
+    hard = np.arange(n) < 500                      # 10% hard: the reference is unsure there
+    ref = np.full((n, classes), 0.01)
+    ref[np.arange(n), labels] = np.where(hard, 0.30, 0.91)
+    ref[np.arange(n), (labels + 1) % classes] = np.where(hard, 0.26, 0.0)
+    out = ref.copy()
+    flip = hard & (np.arange(n) % 10 == 0)        # 10% of the hard images flip: 1% overall
+    out[flip] = ref[flip][:, [*range(1, classes), 0]]
+    names = [str(i) for i in range(classes)]
+    from dataclasses import replace
+
+    gates = replace(formats.get("tflite-int8").gates, max_drop=None)  # 97% agreement (the drop aside)
+    margins = top2_margin(ref)
+    assert judge(ref, out, labels, names, gates, seen=None)["passed"]   # 99% on the easy-heavy slice
+    deployment = np.concatenate([margins[hard]] * 6 + [margins[~hard][:1000]])  # 75% hard
+    v = judge(ref, out, labels, names, gates, seen=None, difficulty=deployment)
+    assert not v["passed"] and v["difficulty_matched"]["agreement"] == pytest.approx(92.5, abs=0.5)
+    assert "difficulty_matched" not in judge(ref, out, labels, names, gates, seen=False, difficulty=deployment)
+    same = difficulty_matched(ref.argmax(1), out.argmax(1), labels, margins, margins)
+    assert same["agreement"] == pytest.approx(99.0, abs=0.3) and same["empty_bins"] == 0

@@ -367,13 +367,14 @@ def inspect(*, run: Path, kind: str, dataset: data_mod.Dataset, samples: int = D
 def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibration, dataset: data_mod.Dataset,
                     run, gates: formats.Gates | None = None, target_cpu: str = "auto",
                     holdout_count: int = DEFAULT_HOLDOUT, samples: int = DEFAULT_SAMPLES,
-                    reference: np.ndarray | None = None, also=None) -> dict:
+                    reference: np.ndarray | None = None, also=None, difficulty: np.ndarray | None = None) -> dict:
     """Write `kind` to `out` with the fewest layers kept in float32 that make it pass its gate,
     judged by the confidence bounds of exporter.quantize.judge on a held-out training slice. Layers are ranked by their own quantisation
     error (layer_table); the float set is the worst k, k = 0, 1, 2, 4, ... until one passes, then
     bisected between the last k that failed and the first that passed. Returns the manifest details.
     `also(outputs) -> verdict`: a second claim a trial must pass too (fallback on top of QAT: the
-    drop against the original, while `reference` is the fine-tuned model's outputs)."""
+    drop against the original, while `reference` is the fine-tuned model's outputs). `difficulty`:
+    the reference's top-2 margins on the deployment inputs (judge.difficulty_matched)."""
     from exporter.quantize.judge import judge
     from exporter.runtimes import load_runner
 
@@ -403,7 +404,8 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
             runner = load_runner(path, kind=kind.name)
             outputs = runner.predict_batched(hold.x, 256)
             runner.close()
-            m = judge(ref, outputs, labels, dataset.class_names, gates, convention=convention, seen=seen)
+            m = judge(ref, outputs, labels, dataset.class_names, gates, convention=convention, seen=seen,
+                      difficulty=difficulty)
             if also is not None:
                 second = also(outputs)
                 m = {**m, "passed": m["passed"] and second["passed"], "failures": m["failures"] + second["failures"],
@@ -455,7 +457,8 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
                 "holdout": {"split": "train", "count": int(len(hold.indices)), "indices_sha256": hold.hash,
                             "excludes": "calibration images and the model's training subset (if recorded)"},
                 "judged_by": "exporter.quantize.judge: validate.check_gates on the hold-out's confidence bounds "
-                             "(Wilson lower bound of agreement, paired upper bound of the drop)",
+                             "(Wilson lower bound of agreement, paired upper bound of the drop; when the slice may "
+                             "hold training images, also reweighted to the test inputs' difficulty)",
                 "seen_in_training": seen, "gates": {"min_agreement": gates.min_agreement, "max_drop": gates.max_drop},
                 "ranked_layers": len(order), "ranking": "channel_noise_to_signal per layer output (exporter.inspect); a layer's float set is its "
                            "op and the ops reading its output, so the tensor between them stays float",

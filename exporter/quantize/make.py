@@ -50,7 +50,7 @@ class Int8Session:
         self.qat_steps = qat_steps if qat_steps is not None else (None if qat_epochs else qat.DEFAULT_STEPS)
         self.qat_lr = qat_lr or qat.DEFAULT_LR
         self.convention = self.run.output or "probabilities"
-        self._hold = self._ref = self._qat = self._qat_ref = None
+        self._hold = self._ref = self._qat = self._qat_ref = self._difficulty = None
         self._qat_error: UsageError | None = None
 
     # ------------------------------------------------------------------ shared state
@@ -70,6 +70,20 @@ class Int8Session:
             self._ref = runner.predict_batched(self.holdout()[0].x, 256)
             runner.close()
         return self._ref
+
+    def difficulty(self) -> np.ndarray | None:
+        """The reference's top-2 margins on the test inputs (labels unused), which the hold-out is
+        reweighted to when it may hold training images (judge.difficulty_matched); None otherwise."""
+        if self._difficulty is None:
+            self._difficulty = False
+            if self.holdout()[2] is not False:
+                from exporter.quantize.judge import top2_margin
+                from exporter.runtimes import load_runner
+
+                runner = load_runner(self.source.path, kind=self.source.family)
+                self._difficulty = top2_margin(runner.predict_batched(self.dataset.x_test, 256), self.convention)
+                runner.close()
+        return None if self._difficulty is False else self._difficulty
 
     def qat_model(self):
         """The fine-tuned QAT model (built, calibrated, fine-tuned once) and its record."""
@@ -138,7 +152,7 @@ class Int8Session:
         hold, labels, seen = self.holdout()
         ref = self.reference() if reference is None else reference
         return judge(ref, outputs, labels, self.dataset.class_names, gates or kind.gates,
-                     convention=self.convention, seen=seen)
+                     convention=self.convention, seen=seen, difficulty=self.difficulty())
 
     def ptq(self, kind, out: Path) -> dict:
         return {"int8": "ptq", "fallback": "none", "float_layers": [],
@@ -177,7 +191,7 @@ class Int8Session:
             return {"int8": "fallback", "fallback_on": "ptq",
                     **fallback_search(kind=kind, source=self.source, out=out, calibration=self.calibration,
                                       dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
-                                      reference=self.reference())}
+                                      reference=self.reference(), difficulty=self.difficulty())}
         from exporter.export.source import ExportSource
         from exporter.quantize import qat
 
@@ -189,7 +203,7 @@ class Int8Session:
         try:
             details = fallback_search(kind=kind, source=twin, out=out, calibration=self.calibration,
                                       dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
-                                      reference=qat_ref,
+                                      reference=qat_ref, difficulty=self.difficulty(),
                                       also=lambda outputs: self._verdict(outputs, kind, gates=keeps_gates))
         finally:
             twin.cleanup()
