@@ -168,8 +168,9 @@ for name in MODELS:
                 "p50_ms": p50[kind], "fp32_p50_ms": p50[fp32], "speedup": round(p50[fp32] / p50[kind], 2),
                 "remedy_seconds_both_kinds": wall, "kind_seconds": entry.get("seconds"),
                 "holdout": (entry.get("ladder") or [{}])[0].get("verdict") if remedy == "auto" else None,
-                "ladder": [{k: s.get(k) for k in ("remedy", "passed", "bytes", "seconds", "skipped")}
+                "ladder": [{k: s.get(k) for k in ("remedy", "on", "passed", "bytes", "seconds", "skipped")}
                            for s in entry.get("ladder") or []],
+                "fallback_on": entry.get("fallback_on"),
                 "qat": {k: (entry.get("qat") or {}).get(k) for k in ("steps", "lr", "images", "seconds", "passed")}
                 if entry.get("qat") else None,
                 "fallback_chosen": (entry.get("fallback_search") or {}).get("chosen"),
@@ -191,12 +192,19 @@ lines = ["# int8 fidelity: remedies per model and runtime (`python benchmarks/in
          "x fp32 | % of ptq speed-up | remedy s |", "|" + "---|" * 14]
 for r in rows:
     p = pure[(r["model"], r["kind"])]
+    chosen = f"{r['chosen']} on {r['fallback_on']}" if r.get("fallback_on") and r["chosen"] == "fallback" else r["chosen"]
     lines.append(f"| {r['model']} ({100 * models[r['model']]['keras_accuracy']:.2f}%) | {r['remedy']} | {r['kind']} | "
-                 f"{r['chosen']} | {100 * r['accuracy']:.2f} | {r['drop_points']:.2f} | {r['agreement']:.2f} | "
+                 f"{chosen} | {100 * r['accuracy']:.2f} | {r['drop_points']:.2f} | {r['agreement']:.2f} | "
                  f"{'pass' if r['passed'] else 'FAIL'} | {r['bytes'] / 1024:.0f} | {r['bytes'] / p['bytes']:.2f} | "
                  f"{r['p50_ms']:.3f} | {r['speedup']:.2f} | {100 * r['speedup'] / p['speedup']:.0f} | "
                  f"{r['remedy_seconds_both_kinds']} |")
 lines += ["", "remedy s: wall time of `convert --quantize int8 --int8 R` making both kinds (qat: one fine-tuning "
-          "shared by both; auto: the ladder until the first pass)."]
+          "shared by both; auto: the ladder until the first pass). chosen 'fallback on qat': float layers kept "
+          "on top of the fine-tuned model (auto only).", "",
+          "Models: residual12, plain12, resmini, residual20 from `resexport train` (2 epochs on 12,000 images, "
+          "BN momentum 0.9); mobilenetv2 and efficientnetb0 written as users write them and imported with "
+          "`convert --model` (recipes in the script's docstring). Where each model's rows were measured:", ""]
+lines += [f"- {name}: {m.get('machine', {}).get('cpu')}, {m.get('machine', {}).get('cores')} cores, int8 ISA "
+          f"{m.get('machine', {}).get('int8_isa')}" for name, m in models.items()]
 save("int8_fidelity", {"machine": machine(), "threads": threads, "models": models, "rows": rows,
                        "note": "2-core shared machine: timings noisy"}, "\n".join(lines))
