@@ -46,3 +46,24 @@ def model_flops(model) -> int:
         elif isinstance(layer, keras.layers.Dense):
             flops += 2 * layer.input.shape[-1] * layer.units
     return int(flops)
+
+
+def fmnist_rgb32_npz(path: Path, *, train_limit: int | None = None, test_limit: int | None = None) -> Path:
+    """Real Fashion-MNIST as an RGB user's .npz (made once at `path`): 32x32 (zero-padded), grey
+    replicated to three channels, uint8 0..255, stratified subsets when limits are given."""
+    import numpy as np
+
+    from exporter import data
+
+    if path.is_file():
+        return path
+    ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=train_limit, test_limit=test_limit)
+
+    def rgb32(x):
+        x = np.asarray(x, dtype=np.float32)
+        x = np.round(x * 255).clip(0, 255).astype(np.uint8) if x.max() <= 1.0 else x.astype(np.uint8)
+        return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
+
+    np.savez(path, x_train=rgb32(ds.x_train), y_train=np.asarray(ds.y_train), x_test=rgb32(ds.x_test),
+             y_test=np.asarray(ds.y_test), class_names=np.asarray(ds.class_names))
+    return path

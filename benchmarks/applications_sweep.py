@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, save
+from _common import ROOT, fmnist_rgb32_npz, machine, save
 
 import numpy as np  # noqa: E402
 
@@ -37,22 +37,7 @@ TRAIN, TEST, CALIB = 1000, 500, 100
 
 
 def dataset_npz(folder: Path) -> Path:
-    from exporter import data
-
-    ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=TRAIN, test_limit=TEST)
-
-    def rgb32(x):
-        x = np.asarray(x, dtype=np.float32)
-        x = np.round(x * 255).clip(0, 255).astype(np.uint8) if x.max() <= 1.0 else x.astype(np.uint8)
-        x = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        return np.repeat(x, 3, axis=-1)
-
-    path = folder / "fmnist32rgb.npz"
-    if path.is_file():
-        return path
-    np.savez(path, x_train=rgb32(ds.x_train), y_train=np.asarray(ds.y_train), x_test=rgb32(ds.x_test),
-             y_test=np.asarray(ds.y_test), class_names=np.asarray(ds.class_names))
-    return path
+    return fmnist_rgb32_npz(folder / "fmnist32rgb.npz", train_limit=TRAIN, test_limit=TEST)
 
 
 def train(family: str, npz: Path, out: Path) -> dict:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, machine, save
+from _common import ROOT, fmnist_rgb32_npz, machine, save
 
 FRESH = "--fresh" in sys.argv
 MODELS = tuple(a for a in sys.argv[1:] if a != "--fresh") or ("residual12", "plain12", "resmini")
@@ -53,22 +53,6 @@ def _bn_momentum(model, momentum: float) -> None:
             layer.momentum = momentum
 
 
-def fmnist32rgb(path, train: int = 30000):
-    """Fashion-MNIST as an RGB user's .npz: 32x32 (padded), grey replicated, uint8 0..255."""
-    from exporter import data
-
-    ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=train)
-
-    def rgb32(x):
-        x = np.round(np.asarray(x, np.float32) * 255).clip(0, 255).astype(np.uint8)
-        return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0))), 3, axis=-1)
-
-    if not path.is_file():
-        np.savez(path, x_train=rgb32(ds.x_train), y_train=np.asarray(ds.y_train), x_test=rgb32(ds.x_test),
-                 y_test=np.asarray(ds.y_test), class_names=np.asarray(ds.class_names))
-    return path
-
-
 def user_model(name: str, folder) -> tuple:
     """(model file, extra convert args) of a keras.applications model trained as a user would."""
     import keras
@@ -89,7 +73,7 @@ def user_model(name: str, folder) -> tuple:
         model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="mobilenetv2_user")
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
-        npz = fmnist32rgb(folder / "fmnist32rgb.npz")
+        npz = fmnist_rgb32_npz(folder / "fmnist32rgb.npz", train_limit=30000)
         extra = ("--data", str(npz))
         with np.load(npz) as f:
             x, y, epochs = f["x_train"][:20000].astype(np.float32), f["y_train"][:20000], 4
