@@ -63,6 +63,9 @@ RELUS = ("ReLU",)
 AFFINE = ("BatchNormalization", "Normalization")  # per-channel x * scale + shift
 SUPPORTED = (*COMPUTE, *AFFINE, "Activation", *RELUS, *PASS_THROUGH, *REQUANT, "InputLayer")
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+# int8 kernels whose output range is fixed (TFLite: LOGISTIC and SOFTMAX 1/256 from 0, TANH 1/128 around 0);
+# swish runs as LOGISTIC then MUL, so its sigmoid is rounded onto that grid before the product
+FIXED_RANGES = {"sigmoid": (0.0, 255 / 256), "softmax": (0.0, 255 / 256), "tanh": (-1.0, 127 / 128)}
 ACTIVATIONS = ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "swish", "silu", "hard_swish",
                "hard_sigmoid")
 
@@ -89,23 +92,31 @@ def _layers():
         """Fake-quantises its input to 8 bit with one range; the range is calibrated (min/max over
         the calibration images while `calibrating`) then followed by an EMA in training."""
 
-        def __init__(self, tied: bool = False, **kw):
+        def __init__(self, tied: bool = False, fixed=None, **kw):
             super().__init__(**kw)
             self.tied = bool(tied)  # after an interpolating pass-through op: the input's range (sync_ranges)
+            # the range the int8 kernels fix for their output (LOGISTIC, SOFTMAX, TANH): never calibrated
+            self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
             self.calibrating = False
             self.bypass = False  # float_twin: the range is not applied
 
         def get_config(self):
-            return {**super().get_config(), "tied": self.tied}
+            return {**super().get_config(), "tied": self.tied, "fixed": None if self.fixed is None else list(self.fixed)}
 
         def build(self, shape):
-            self.amin = self.add_weight(shape=(), initializer="zeros", trainable=False, name="amin")
-            self.amax = self.add_weight(shape=(), initializer="zeros", trainable=False, name="amax")
+            lo, hi = self.fixed or (0.0, 0.0)
+            self.amin = self.add_weight(shape=(), initializer=keras.initializers.Constant(lo), trainable=False,
+                                        name="amin")
+            self.amax = self.add_weight(shape=(), initializer=keras.initializers.Constant(hi), trainable=False,
+                                        name="amax")
             self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
 
         def call(self, x, training=False):
             if self.bypass:
                 return x
+            if self.fixed is not None:
+                return x if self.calibrating else tf.quantization.fake_quant_with_min_max_vars(
+                    x, self.fixed[0], self.fixed[1], num_bits=8, narrow_range=False)
             if self.calibrating and not self.tied:
                 lo, hi = tf.reduce_min(x), tf.reduce_max(x)
                 first = self.seen < 0.5
@@ -381,7 +392,7 @@ def build_qat_model(model):
 
     env: dict[int, object] = {}
     notes = {"bn_folded": 0, "bn_as_depthwise": 0, "normalization_as_depthwise": 0, "weight_layers": 0,
-             "activation_ranges": 0, "tied_ranges": 0}
+             "activation_ranges": 0, "tied_ranges": 0, "fixed_ranges": 0}
     names: set[str] = set()
 
     def uname(base):
@@ -395,6 +406,19 @@ def build_qat_model(model):
     def aq(x, base, tied=False):
         notes["tied_ranges" if tied else "activation_ranges"] += 1
         return L["ActQuant"](tied=tied, name=uname(f"{base}_aq"))(x)
+
+    def fixed(x, act, base):
+        notes["fixed_ranges"] += 1
+        return L["ActQuant"](fixed=FIXED_RANGES[act], name=uname(f"{base}_{act}_aq"))(x)
+
+    def activation(x, act, base):
+        """`act` on a quantised tensor as the int8 kernels compute it: (output, whether it already
+        carries its range)."""
+        if act == "swish":
+            s = fixed(keras.layers.Activation("sigmoid", name=uname(f"{base}_sigmoid"))(x), "sigmoid", base)
+            return keras.layers.Multiply(name=uname(f"{base}_swish"))([x, s]), False
+        y = keras.layers.Activation(act, name=uname(f"{base}_act"))(x)
+        return (fixed(y, act, base), True) if act in FIXED_RANGES else (y, False)
 
     new_inputs = []
     for t, tid in zip(model.inputs, input_ids):
@@ -431,11 +455,11 @@ def build_qat_model(model):
                                              "dilation": op.dilation_rate}
             y = L["QConv"](kind, kernel, bias, activation=fused, name=uname(f"{name}_q"), **kw)(env[x_ids[0]])
             notes["weight_layers"] += 1
+            has_range = False
             if act not in FUSABLE_ACTIVATIONS:
-                y = aq(y, name)
-                y = keras.layers.Activation(act, name=uname(f"{name}_act"))(y)
+                y, has_range = activation(aq(y, name), act, name)
             out_id = bn.outputs[0] if bn is not None else n.outputs[0]
-            env[out_id] = y if fused_into_reader(out_id) else aq(y, name)
+            env[out_id] = y if has_range or fused_into_reader(out_id) else aq(y, name)
             if bn is not None:
                 env[n.outputs[0]] = env[out_id]
             continue
@@ -450,6 +474,11 @@ def build_qat_model(model):
             env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
             continue
         if t == "InputLayer":
+            continue
+        act = _activation_name(n.op) if t == "Activation" else "softmax" if t == "Softmax" else None
+        if act in (*FIXED_RANGES, "swish") and (t == "Activation" or n.op.axis in (-1, [-1], (-1,))):
+            y, has_range = activation(env[x_ids[0]], act, name)
+            env[n.outputs[0]] = y if has_range or fused_into_reader(n.outputs[0]) else aq(y, name)
             continue
         # everything else: call a fresh copy of the layer (same config and weights) on the new tensors
         clone = type(n.op).from_config({**n.op.get_config(), "name": uname(name)})
