@@ -15,9 +15,10 @@ Two models are written the way a user writes them, outside our model zoo, and im
   Normalization inside, the Normalization adapted on the training images; swish, squeeze-excite)
   -> Dense softmax; 4 epochs on 20,000 images, BN momentum 0.9.
 
-Usage: python benchmarks/int8_fidelity.py [--fresh] [model ...]   (default: residual12 plain12 resmini)
-Rows already measured (artifacts/int8-fidelity/partial.json) are kept unless --fresh, so models can
-be added one invocation at a time (~12 min a model on 2 shared cores; efficientnetb0 ~40 min)."""
+Usage: python benchmarks/int8_fidelity.py [--fresh | --redo] [model ...]   (default: residual12 plain12 resmini)
+Rows already measured (artifacts/int8-fidelity/partial.json, else the committed results) are kept
+unless --fresh (drop every row) or --redo (drop the named models' rows and measure them again, e.g.
+after the remedies changed), so models can be added one invocation at a time (~12 min a model on 2 shared cores; efficientnetb0 ~40 min)."""
 
 import json
 import shutil
@@ -28,7 +29,8 @@ import time
 from _common import ROOT, fmnist_rgb32_npz, machine, save
 
 FRESH = "--fresh" in sys.argv
-MODELS = tuple(a for a in sys.argv[1:] if a != "--fresh") or ("residual12", "plain12", "resmini")
+REDO = "--redo" in sys.argv
+MODELS = tuple(a for a in sys.argv[1:] if a not in ("--fresh", "--redo")) or ("residual12", "plain12", "resmini")
 REMEDIES = ("ptq", "qat", "fallback", "auto")
 INT8 = ("tflite-int8", "onnx-int8")
 FP32 = ("tflite-fp32", "onnx-fp32")
@@ -108,6 +110,8 @@ if not FRESH and (PARTIAL.is_file() or COMMITTED.is_file()):  # add to what was 
     rows, models = old["rows"], old["models"]
     for m in models.values():
         m.setdefault("machine", _where(old["machine"]))
+    if REDO:
+        rows = [r for r in rows if r["model"] not in MODELS]
 OUT.mkdir(parents=True, exist_ok=True)
 done = {(r["model"], r["remedy"]) for r in rows}
 for name in MODELS:
