@@ -7,7 +7,9 @@ first; residual12 is trained here the same way if missing):
 - drift: the QAT rebuild, calibrated on 500 training images and not fine-tuned, converted to
   tflite-int8; every activation range's tensor read from the interpreter (preserve_all_tensors)
   and compared with the Keras simulation on 16 test images, in steps of that tensor's own scale
-  (LSB); reported at the first, 25%, 50%, 75% and last matched tensor in execution order;
+  (LSB); reported at the first, 25%, 50%, 75% and last matched tensor in execution order; and per
+  op: the simulation fed the file's own values at every matched range, the share of each op's
+  values a step or more off (what the simulation gets wrong itself, before any compounding);
 - steps: QAT fine-tuned for N steps (batch 64, Adam 1e-4, on training images outside the
   calibration set), then on 5,000 test images: accuracy of the original, of the QAT model and of
   both files; agreement of each file with the QAT model (the first QAT claim, gated at 97%) and with
@@ -51,7 +53,9 @@ def open_run(name: str):
 
 
 def drift(model, x_cal, x) -> list[dict]:
-    """Mean and max |file - simulation| in LSB of every matched activation range, in execution order."""
+    """Per matched activation range, in execution order: mean and max |file - simulation| in LSB with
+    the simulation run from the image (cumulative drift), and the share of values a step or more off
+    when every op of the simulation is fed the file's own values at the matched ranges (per op)."""
     from ai_edge_litert.interpreter import Interpreter
 
     import keras
@@ -74,22 +78,41 @@ def drift(model, x_cal, x) -> list[dict]:
     for r, sim in zip(ranges, sims):
         producer = r._inbound_nodes[0].input_tensors[0]._keras_history[0].name
         stem = producer[:-2] if producer.endswith("_q") else producer
-        step = (float(r.amax.numpy()) - min(float(r.amin.numpy()), 0.0)) / 255
+        step = qat.range_step(r)
         hits = [t for t in tensors if t["dtype"] == np.int8 and tuple(t["shape"][1:]) == sim.shape[1:]
                 and t["quantization"][0] > 0 and abs(t["quantization"][0] / step - 1) < 0.02
-                and re.search(rf"/({re.escape(stem)}|{re.escape(stem)}_q)_\d+/", t["name"])]
+                and re.search(rf"/({re.escape(stem)}|{re.escape(stem)}_q|{re.escape(r.name)})_\d+/", t["name"])]
         if hits:
-            matched.append((producer, hits[-1], sim, step))
-    diffs = {name: [] for name, *_ in matched}
+            matched.append((r.name, hits[-1], sim, step))
+    values = {name: [] for name, *_ in matched}
     for i in range(len(x)):
         interp.set_tensor(inp["index"], np.clip(np.round(x[i:i + 1] / scale + zero), -128, 127).astype(np.int8))
         interp.invoke()
-        for name, t, sim, step in matched:
+        for name, t, _, _ in matched:
             s, z = t["quantization"]
-            got = (interp.get_tensor(t["index"]).astype(np.float32) - z) * s
-            diffs[name].append(np.abs(got[0] - sim[i]) / step)
-    return [{"tensor": name, "mean_lsb": float(np.mean(d)), "max_lsb": float(np.max(d))}
-            for name, d in diffs.items()] + [{"ranges": len(ranges), "matched": len(matched)}]
+            values[name].append((interp.get_tensor(t["index"]).astype(np.float32) - z) * s)
+    values = {name: np.concatenate(v) for name, v in values.items()}
+    # per op: walk the simulation's graph, replacing each matched range's output by the file's values
+    env, per_op = {id(q.inputs[0]): x}, {}
+    for op in q.operations:
+        if isinstance(op, keras.layers.InputLayer):
+            continue
+        node = op._inbound_nodes[0]
+
+        def sub(t):
+            return env[id(t)] if keras.utils.is_keras_tensor(t) else t
+
+        args = keras.tree.map_structure(sub, node.arguments.args)
+        kwargs = {k: v for k, v in keras.tree.map_structure(sub, node.arguments.kwargs).items() if k != "training"}
+        out = np.asarray(op(*args, **kwargs, **({"training": False} if "Random" in type(op).__name__ else {})))
+        if op.name in values:
+            got = values[op.name].reshape(out.shape)
+            per_op[op.name] = float((np.abs(out - got) / qat.range_step(op) > 0.5).mean())
+            out = got
+        env[id(node.outputs[0])] = out
+    return [{"tensor": name, "mean_lsb": float(np.mean(np.abs(values[name] - sim) / step)),
+             "max_lsb": float(np.max(np.abs(values[name] - sim) / step)), "per_op_off": per_op.get(name)}
+            for name, _, sim, step in matched] + [{"ranges": len(ranges), "matched": len(matched)}]
 
 
 def fine_tuned(model, x_cal, x_train, y_train, x, y, steps: int, convention: str) -> dict:
@@ -143,12 +166,16 @@ lines = ["# QAT: the int8 file against its fake-quant Keras model (`python bench
          f"Machine: {machine().get('cpu')}, {machine().get('cores')} cores ({(machine().get('cpu_int8') or {}).get('summary')}), "
          "shared: timings noisy.", "",
          "## Drift with depth (calibrated, not fine-tuned; tflite-int8 vs the simulation, 16 test images)", "",
-         "| model | ranges matched | first | 25% | 50% | 75% | last (mean / max LSB) |", "|---|---|---|---|---|---|---|"]
+         "| model | ranges matched | first | 25% | 50% | 75% | last (mean / max LSB) | per op: values off, mean / worst op |",
+         "|---|---|---|---|---|---|---|---|"]
 for name, r in results.items():
     layers, info = r["drift"][:-1], r["drift"][-1]
     pick = [layers[min(int(f * (len(layers) - 1)), len(layers) - 1)] for f in (0, 0.25, 0.5, 0.75, 1)]
     cells = " | ".join(f"{p['mean_lsb']:.2f} / {p['max_lsb']:.0f}" for p in pick)
-    lines.append(f"| {name} | {info['matched']} of {info['ranges']} | {cells} |")
+    offs = [(p["per_op_off"], p["tensor"]) for p in layers if p.get("per_op_off") is not None]
+    worst = max(offs) if offs else (0.0, "-")
+    lines.append(f"| {name} | {info['matched']} of {info['ranges']} | {cells} | "
+                 f"{100 * np.mean([o for o, _ in offs]):.3f}% / {100 * worst[0]:.2f}% ({worst[1]}) |")
 lines += ["", "## Fine-tuning steps (5,000 test images)", "",
           "| model | steps | s | acc. original | acc. QAT model | QAT near-ties % | tflite acc. | tflite vs QAT model % | "
           "tflite vs original % | onnx acc. | onnx vs QAT model % |", "|" + "---|" * 11]

@@ -129,8 +129,9 @@ class Int8Session:
         record = {**record, "epochs_over_training_split": round(record["steps"] * batch / max(len(avail), 1), 3),
                   "images_from": "training split minus the hold-out slice",
                   "ranges": f"activations: min/max over the {len(calib)} calibration images, then EMA "
-                            f"(decay {qat.EMA_DECAY}) while fine-tuning; weights: max |w| per output channel "
-                            "(Dense: per tensor), symmetric, narrow range",
+                            f"(decay {qat.EMA_DECAY}) while fine-tuning (sigmoid/softmax/tanh: the kernels' fixed "
+                            "ranges; an interpolating resize: its input's); weights: max |w| per output channel "
+                            "(Dense too), symmetric, narrow range; biases on the int32 grid (input x weight step)",
                   "rebuild": notes, "model_file": QAT_FILE, "model_sha256": sha256_file(path),
                   "route": "Keras 3 rebuild with tf.quantization fake-quant ops (exporter.quantize.qat)",
                   "seconds_total": round(time.perf_counter() - start, 1)}
