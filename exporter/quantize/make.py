@@ -71,19 +71,31 @@ class Int8Session:
             runner.close()
         return self._ref
 
-    def difficulty(self) -> np.ndarray | None:
-        """The reference's top-2 margins on the test inputs (labels unused), which the hold-out is
-        reweighted to when it may hold training images (judge.difficulty_matched); None otherwise."""
+    def difficulty(self, of: str = "original") -> np.ndarray | None:
+        """A reference's top-2 margins on the test inputs (labels unused), which the hold-out is
+        reweighted to when it may hold training images (judge.difficulty_matched); None otherwise.
+        of: the reference the hold-out is binned by: 'original' (the run's model) or 'qat' (the
+        fine-tuned model, the reference of QAT's first claim; its margins are its own, on its int8
+        output grid, and binning them by the original's margins left bins empty)."""
         if self._difficulty is None:
-            self._difficulty = False
+            self._difficulty = {}
+        if of not in self._difficulty:
+            self._difficulty[of] = False
             if self.holdout()[2] is not False:
                 from exporter.quantize.judge import top2_margin
-                from exporter.runtimes import load_runner
 
-                runner = load_runner(self.source.path, kind=self.source.family)
-                self._difficulty = top2_margin(runner.predict_batched(self.dataset.x_test, 256), self.convention)
-                runner.close()
-        return None if self._difficulty is False else self._difficulty
+                if of == "qat":
+                    qmodel, x = self.qat_model()[0], self.dataset.x_test
+                    outputs = np.concatenate([qmodel(np.asarray(x[i: i + 256], np.float32), training=False).numpy()
+                                              for i in range(0, len(x), 256)])
+                else:
+                    from exporter.runtimes import load_runner
+
+                    runner = load_runner(self.source.path, kind=self.source.family)
+                    outputs = runner.predict_batched(self.dataset.x_test, 256)
+                    runner.close()
+                self._difficulty[of] = top2_margin(outputs, self.convention)
+        return None if self._difficulty[of] is False else self._difficulty[of]
 
     def qat_model(self):
         """The fine-tuned QAT model (built, calibrated, fine-tuned once) and its record."""
@@ -139,21 +151,23 @@ class Int8Session:
         return qmodel, record, qat_ref
 
     # ------------------------------------------------------------------ remedies
-    def _judge(self, out_path: Path, kind, reference=None, gates=None) -> dict:
+    def _judge(self, out_path: Path, kind, reference=None, gates=None, of: str = "original") -> dict:
         from exporter.runtimes import load_runner
 
         runner = load_runner(out_path, kind=kind.name)
         out = runner.predict_batched(self.holdout()[0].x, 256)
         runner.close()
-        return self._verdict(out, kind, reference, gates)
+        return self._verdict(out, kind, reference, gates, of=of)
 
-    def _verdict(self, outputs: np.ndarray, kind, reference=None, gates=None) -> dict:
+    def _verdict(self, outputs: np.ndarray, kind, reference=None, gates=None, of: str = "original") -> dict:
+        """Judged against `reference` (default: the original's outputs); `of` names whose outputs
+        those are, for the difficulty matching."""
         from exporter.quantize.judge import judge
 
         hold, labels, seen = self.holdout()
         ref = self.reference() if reference is None else reference
         return judge(ref, outputs, labels, self.dataset.class_names, gates or kind.gates,
-                     convention=self.convention, seen=seen, difficulty=self.difficulty())
+                     convention=self.convention, seen=seen, difficulty=self.difficulty(of))
 
     def ptq(self, kind, out: Path) -> dict:
         return {"int8": "ptq", "fallback": "none", "float_layers": [],
@@ -177,7 +191,7 @@ class Int8Session:
         """Claim 1: the file computes what the fine-tuned model computes (int8 gates against it in
         Keras). Claim 2: it keeps the original's accuracy (the drop gate against the original; the
         agreement with the original is reported, not gated)."""
-        same = self._judge(out, kind, reference=qat_ref)
+        same = self._judge(out, kind, reference=qat_ref, of="qat")
         keeps = self._judge(out, kind, gates=replace(kind.gates, min_agreement=None))
         return {"claims": {"computes_the_qat_model": same, "keeps_the_original_accuracy": keeps},
                 "passed": same["passed"] and keeps["passed"]}
@@ -204,7 +218,7 @@ class Int8Session:
         try:
             details = fallback_search(kind=kind, source=twin, out=out, calibration=self.calibration,
                                       dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
-                                      reference=qat_ref, difficulty=self.difficulty(),
+                                      reference=qat_ref, difficulty=self.difficulty("qat"),
                                       also=lambda outputs: self._verdict(outputs, kind, gates=keeps_gates))
         finally:
             twin.cleanup()
