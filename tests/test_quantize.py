@@ -502,3 +502,45 @@ def test_difficulty_matching_stops_easy_training_images_standing_in_for_hard_one
     assert "difficulty_matched" not in judge(ref, out, labels, names, gates, seen=False, difficulty=deployment)
     same = difficulty_matched(ref.argmax(1), out.argmax(1), labels, margins, margins)
     assert same["agreement"] == pytest.approx(99.0, abs=0.3) and same["empty_bins"] == 0
+
+
+def test_qat_claim_is_matched_to_the_fine_tuned_models_own_difficulty():
+    """QAT's first claim bins the hold-out by the fine-tuned model's margins, so the deployment
+    difficulty it is reweighted to must be that model's too. Its outputs sit on the int8 grid
+    (softmax: multiples of 1/256): matched to the original's float margins, the deciles under 1/256
+    hold no hold-out image and count as all-disagreeing, failing a file that agrees everywhere."""
+    from types import SimpleNamespace
+
+    from exporter.quantize.judge import top2_margin
+    from exporter.quantize.make import Int8Session
+
+    rng = np.random.default_rng(6)
+    classes = 10
+
+    def float_model(x):  # the original: a near-tie on a fifth of the images
+        logits = np.eye(classes)[x[:, 0].astype(int) % classes] * 4.0
+        logits[:, 1] += np.where(x[:, 1] < 0.2, 4.0 - 1e-3, 0.0)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    class FineTuned:  # the QAT model: the same, its probabilities on the 1/256 grid
+        def __call__(self, x, training=False):
+            return SimpleNamespace(numpy=lambda: np.round(float_model(x) * 256) / 256)
+
+    def images(n):
+        return np.stack([rng.integers(0, classes, n), rng.uniform(0, 1, n)], axis=1).astype(np.float32)
+
+    hold, x_test = images(3000), images(4000)
+    labels = hold[:, 0].astype(int) % classes
+    session = Int8Session.__new__(Int8Session)
+    qat_ref = FineTuned()(hold).numpy()
+    session._qat, session._qat_error = (FineTuned(), {}, qat_ref), None
+    session._hold, session.convention = (hold, labels, None), "probabilities"
+    session.dataset = SimpleNamespace(x_test=x_test, class_names=[str(i) for i in range(classes)])
+    session._difficulty = {"original": top2_margin(float_model(x_test))}
+    assert np.array_equal(session.difficulty("qat"), top2_margin(FineTuned()(x_test).numpy()))
+    kind = formats.get("tflite-int8")
+    right = session._verdict(qat_ref, kind, reference=qat_ref, of="qat")    # the file computes it exactly
+    assert right["passed"] and right["difficulty_matched"]["empty_bins"] == 0
+    wrong = session._verdict(qat_ref, kind, reference=qat_ref, of="original")
+    assert not wrong["passed"] and wrong["difficulty_matched"]["empty_bins"] >= 1
