@@ -63,12 +63,20 @@ class Int8Session:
         return self._hold
 
     def reference(self) -> np.ndarray:
+        """The original's outputs on the hold-out; with one load of the model, its test-input margins
+        too when the hold-out will be reweighted to them (difficulty)."""
         if self._ref is None:
+            from exporter.quantize.judge import top2_margin
             from exporter.runtimes import load_runner
 
             runner = load_runner(self.source.path, kind=self.source.family)
-            self._ref = runner.predict_batched(self.holdout()[0].x, 256)
-            runner.close()
+            try:
+                self._ref = runner.predict_batched(self.holdout()[0].x, 256)
+                if self.holdout()[2] is not False:
+                    margins = top2_margin(runner.predict_batched(self.dataset.x_test, 256), self.convention)
+                    self._difficulty = {**(self._difficulty or {}), "original": margins}
+            finally:
+                runner.close()
         return self._ref
 
     def difficulty(self, of: str = "original") -> np.ndarray | None:
@@ -84,18 +92,15 @@ class Int8Session:
             if self.holdout()[2] is not False:
                 from exporter.quantize.judge import top2_margin
 
-                if of == "qat":
+                if of == "original":
+                    self.reference()  # computes it with the hold-out's outputs (one load of the model)
+                else:
                     qmodel, x = self.qat_model()[0], self.dataset.x_test
                     outputs = np.concatenate([qmodel(np.asarray(x[i: i + 256], np.float32), training=False).numpy()
                                               for i in range(0, len(x), 256)])
-                else:
-                    from exporter.runtimes import load_runner
-
-                    runner = load_runner(self.source.path, kind=self.source.family)
-                    outputs = runner.predict_batched(self.dataset.x_test, 256)
-                    runner.close()
-                self._difficulty[of] = top2_margin(outputs, self.convention)
-        return None if self._difficulty[of] is False else self._difficulty[of]
+                    self._difficulty[of] = top2_margin(outputs, self.convention)
+        value = self._difficulty.get(of, False)
+        return None if value is False else value
 
     def qat_model(self):
         """The fine-tuned QAT model (built, calibrated, fine-tuned once) and its record."""
