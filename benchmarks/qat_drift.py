@@ -1,5 +1,5 @@
-"""Issue 20, why QAT passes on the seed nets and not on keras.applications' mobile nets: how far the
-int8 FILE drifts from the fake-quant Keras model it was converted from, with depth and with longer
+"""Issue 20, does the QAT simulation compute what the int8 files compute: how far each int8 FILE
+drifts from the fake-quant Keras model it was converted from, with depth, op by op, and after
 fine-tuning.
 
 For each model of benchmarks/int8_fidelity.py (its runs under artifacts/int8-fidelity/, made there
@@ -16,7 +16,7 @@ first; residual12 is trained here the same way if missing):
   the original; the QAT model's near-ties (top-2 probabilities < 0.05 apart).
 
 Writes results/qat_drift.{json,md}. Usage: python benchmarks/qat_drift.py [--steps N ...] (default
-300 for residual12, 300 and 1500 for the mobile nets; ~20 min on 2 shared cores)."""
+300 for residual12, 300 and 1500 for the mobile nets; ~15 min on 2 shared cores with --steps 300)."""
 
 from __future__ import annotations
 
