@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from _common import ROOT, fmnist_rgb32_npz, machine, save
+from _common import ROOT, USER_MODELS, machine, save, user_model
 
 FRESH = "--fresh" in sys.argv
 REDO = "--redo" in sys.argv
@@ -45,56 +45,6 @@ def cli(*args: str, ok=(0,)) -> dict:
 
 
 from exporter.cpuinfo import physical_cores  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-
-def _bn_momentum(model, momentum: float) -> None:
-    for layer in model._flatten_layers():
-        if type(layer).__name__ == "BatchNormalization":
-            layer.momentum = momentum
-
-
-def user_model(name: str, folder) -> tuple:
-    """(model file, extra convert args) of a keras.applications model trained as a user would."""
-    import keras
-
-    from exporter import data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.keras"
-    keras.utils.set_random_seed(0)
-    if name == "mobilenetv2":
-        extra = ()
-        ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=12000)
-        x, y, epochs = np.asarray(ds.x_train, np.float32), np.asarray(ds.y_train), 3
-        inp = keras.Input((28, 28, 1), name="image")
-        h = keras.layers.Resizing(32, 32)(inp)
-        h = keras.applications.MobileNetV2(input_shape=(32, 32, 1), alpha=0.35, include_top=False, weights=None,
-                                           pooling="avg")(h)
-        model = keras.Model(inp, keras.layers.Dense(10, name="logits")(h), name="mobilenetv2_user")
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    else:
-        npz = fmnist_rgb32_npz(folder / "fmnist32rgb.npz", train_limit=30000)
-        extra = ("--data", str(npz))
-        with np.load(npz) as f:
-            x, y, epochs = f["x_train"][:20000].astype(np.float32), f["y_train"][:20000], 4
-        backbone = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=None,
-                                                     pooling="avg")
-        norm = next(layer for layer in backbone.layers if type(layer).__name__ == "Normalization")
-        norm.adapt(x[:5000] / 255.0)  # it sits after Rescaling(1/255)
-        inp = keras.Input((32, 32, 3), name="image")
-        model = keras.Model(inp, keras.layers.Dense(10, activation="softmax")(backbone(inp)), name="efficientnetb0_user")
-        loss = keras.losses.SparseCategoricalCrossentropy()
-    if not path.is_file():
-        _bn_momentum(model, 0.9)
-        model.compile(keras.optimizers.Adam(1e-3), loss, metrics=["accuracy"])
-        model.fit(x, y, batch_size=64, epochs=epochs, verbose=2)
-        model.save(path)
-    return path, extra
-
-
-USER_MODELS = ("mobilenetv2", "efficientnetb0")
 
 
 def _where(m: dict) -> dict:

@@ -13,10 +13,16 @@ first; residual12 is trained here the same way if missing):
 - steps: QAT fine-tuned for N steps (batch 64, Adam 1e-4, on training images outside the
   calibration set), then on 5,000 test images: accuracy of the original, of the QAT model and of
   both files; agreement of each file with the QAT model (the first QAT claim, gated at 97%) and with
-  the original; the QAT model's near-ties (top-2 probabilities < 0.05 apart).
+  the original; the QAT model's near-ties (top-2 probabilities < 0.05 apart); and the tflite file
+  once more through LiteRT's built-in kernels without XNNPACK (BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+  what a device without the delegate runs), which round differently from the simulation.
 
-Writes results/qat_drift.{json,md}. Usage: python benchmarks/qat_drift.py [--steps N ...] (default
-300 for residual12, 300 and 1500 for the mobile nets; ~15 min on 2 shared cores with --steps 300)."""
+Runs missing under artifacts/int8-fidelity/ are made the way int8_fidelity.py makes them (the user
+models' recipes are in _common.user_model). Models not named keep their committed rows.
+
+Writes results/qat_drift.{json,md}. Usage: python benchmarks/qat_drift.py [model ...] [--steps N ...]
+(default: every model; 300 steps for residual12, 300 and 1500 for the mobile nets; ~15 min on 2
+shared cores with --steps 300 once the runs exist, ~25 min more to train the three models)."""
 
 from __future__ import annotations
 
@@ -27,15 +33,24 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, machine, save
+import json
+
+from _common import ROOT, USER_MODELS, machine, save, user_model
 
 import numpy as np  # noqa: E402
 
 RUNS = ROOT / "artifacts" / "int8-fidelity"
 PLAN = {"residual12": (300,), "mobilenetv2": (300, 1500), "efficientnetb0": (300, 1500)}
-if "--steps" in sys.argv:  # the same step counts for every model
-    PLAN = {name: tuple(int(a) for a in sys.argv[sys.argv.index("--steps") + 1:]) for name in PLAN}
+ARGS = sys.argv[1:]
+STEPS = ARGS[ARGS.index("--steps") + 1:] if "--steps" in ARGS else []
+NAMED = ARGS[:ARGS.index("--steps")] if "--steps" in ARGS else ARGS
+if unknown := [n for n in NAMED if n not in PLAN]:
+    sys.exit(f"unknown model {unknown[0]!r}: choose from {', '.join(PLAN)}")
+if STEPS:  # the same step counts for every model
+    PLAN = {name: tuple(int(a) for a in STEPS) for name in PLAN}
+MODELS = tuple(NAMED) or tuple(PLAN)
 TEST, CALIB = 5000, 500
+COMMITTED = ROOT / "benchmarks" / "results" / "qat_drift.json"
 
 
 def open_run(name: str):
@@ -43,11 +58,14 @@ def open_run(name: str):
     from exporter.run import Run
 
     run = RUNS / name
-    if not (run / "manifest.json").is_file():
-        if name != "residual12":
-            sys.exit(f"{run} missing: run `python benchmarks/int8_fidelity.py {name}` first")
-        subprocess.run([sys.executable, "-m", "exporter", "train", "--model", name, "--epochs", "2", "--train-limit",
-                        "12000", "--bn-momentum", "0.9", "--run", str(run), "--force"], check=True, cwd=ROOT)
+    if not (run / "manifest.json").is_file():  # made as int8_fidelity.py makes it
+        if name in USER_MODELS:
+            path, extra = user_model(name, RUNS / "user-models")
+            args = ["convert", "--model", str(path), "--run", str(run), *extra, "--format", "tflite", "--quantize", "none"]
+        else:
+            args = ["train", "--model", name, "--epochs", "2", "--train-limit", "12000", "--bn-momentum", "0.9",
+                    "--run", str(run), "--force"]
+        subprocess.run([sys.executable, "-m", "exporter", *args], check=True, cwd=ROOT)
     run = Run.of(run)
     return run, open_for_run(run)
 
@@ -142,11 +160,30 @@ def fine_tuned(model, x_cal, x_train, y_train, x, y, steps: int, convention: str
         row[kind] = {"accuracy": float((out.argmax(1) == y).mean()),
                      "agreement_with_qat_model": float((out.argmax(1) == sim.argmax(1)).mean()),
                      "agreement_with_original": float((out.argmax(1) == orig.argmax(1)).mean())}
+    out = builtin_kernels(folder / "m.tflite", x)
+    row["tflite-int8-builtin"] = {"accuracy": float((out.argmax(1) == y).mean()),
+                                  "agreement_with_qat_model": float((out.argmax(1) == sim.argmax(1)).mean())}
     return row
 
 
+def builtin_kernels(path: Path, x: np.ndarray) -> np.ndarray:
+    """The tflite file's float outputs through LiteRT's built-in kernels, XNNPACK not applied (the
+    standard runner, on an interpreter made with that resolver)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from exporter.runtimes.tflite import TFLiteRunner
+
+    interp = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interp.allocate_tensors()
+    return TFLiteRunner(path, interp, device="cpu", threads=None).predict_batched(x, 256)
+
+
 results = {}
-for name, plan in PLAN.items():
+if COMMITTED.is_file() and set(MODELS) != set(PLAN):  # models not named keep their committed rows
+    old = json.loads(COMMITTED.read_text())
+    results = {n: {"machine": old["machine"], **r} for n, r in old["models"].items() if n not in MODELS}
+for name in MODELS:
+    plan = PLAN[name]
     run, ds = open_run(name)
     from exporter.runtimes.keras import load_keras_model
 
@@ -159,7 +196,7 @@ for name, plan in PLAN.items():
     convention = run.output or "probabilities"
     d = drift(model, x_cal, x[:16])
     rows = [fine_tuned(model, x_cal, x_train, y_train, x, y, steps, convention) for steps in plan]
-    results[name] = {"drift": d, "fine_tuned": rows}
+    results[name] = {"machine": machine(), "drift": d, "fine_tuned": rows}
     print(name, "done", flush=True)
 
 lines = ["# QAT: the int8 file against its fake-quant Keras model (`python benchmarks/qat_drift.py`)", "",
@@ -178,14 +215,22 @@ for name, r in results.items():
                  f"{100 * np.mean([o for o, _ in offs]):.3f}% / {100 * worst[0]:.2f}% ({worst[1]}) |")
 lines += ["", "## Fine-tuning steps (5,000 test images)", "",
           "| model | steps | s | acc. original | acc. QAT model | QAT near-ties % | tflite acc. | tflite vs QAT model % | "
-          "tflite vs original % | onnx acc. | onnx vs QAT model % |", "|" + "---|" * 11]
+          "tflite vs original % | onnx acc. | onnx vs QAT model % | tflite, built-in kernels: vs QAT model % |",
+          "|" + "---|" * 12]
 for name, r in results.items():
     for row in r["fine_tuned"]:
         t, o = row["tflite-int8"], row["onnx-int8"]
+        b = row.get("tflite-int8-builtin")
+        builtin = f"{100 * b['agreement_with_qat_model']:.2f}" if b else "-"
         lines.append(f"| {name} | {row['steps']} | {row['fine_tune_seconds']} | {100 * row['accuracy_original']:.2f} | "
                      f"{100 * row['accuracy_qat_model']:.2f} | {100 * row['qat_model_near_ties']:.1f} | "
                      f"{100 * t['accuracy']:.2f} | {100 * t['agreement_with_qat_model']:.2f} | "
                      f"{100 * t['agreement_with_original']:.2f} | {100 * o['accuracy']:.2f} | "
-                     f"{100 * o['agreement_with_qat_model']:.2f} |")
-lines += ["", "The first QAT claim gates 'vs QAT model' at 97% (int8 agreement gate)."]
+                     f"{100 * o['agreement_with_qat_model']:.2f} | {builtin} |")
+lines += ["", "The first QAT claim gates 'vs QAT model' at 97% (int8 agreement gate). 'built-in kernels': the same "
+          "tflite file through LiteRT's BUILTIN_WITHOUT_DEFAULT_DELEGATES resolver (no XNNPACK), whose int8 kernels "
+          "round differently from the simulation (which follows XNNPACK, `validate`'s and `bench`'s path).", "",
+          "Where each model was measured:", ""]
+lines += [f"- {name}: {r.get('machine', {}).get('cpu')}, {r.get('machine', {}).get('cores')} cores, int8 ISA "
+          f"{(r.get('machine', {}).get('cpu_int8') or {}).get('summary')}" for name, r in results.items()]
 save("qat_drift", {"machine": machine(), "models": results}, "\n".join(lines))
