@@ -4,7 +4,6 @@ exporter/export/; this module owns the run-folder bookkeeping around them."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -15,6 +14,8 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs
 from exporter.errors import InputError, MissingRuntimeError, OutputError, OutputExistsError, ResexportError, UsageError
+from exporter import __version__
+from exporter.export.conformance import app_ready
 from exporter.export.source import ExportSource, check_weights_finite
 from exporter.fsutil import sha256_file, sha256_path
 from exporter.progress import NULL, Progress
@@ -151,6 +152,7 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: 
     return key
 
 
+APP_FORMAT = 1  # bumped when what conformance.app_ready writes changes (files made before are re-made)
 CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
 
 
@@ -160,7 +162,7 @@ def artifact_inputs(kind: formats.ArtifactKind, source_sha: str, calibration, de
     converters' versions)."""
     return {"kind": kind.name, "model_sha256": source_sha, "deployment": deploy,
             "calibration": calibration.describe() if kind.needs_calibration and calibration else None,
-            "int8": int8, "converters": mf.library_versions(CONVERTER_PACKAGES)}
+            "int8": int8, "converters": mf.library_versions(CONVERTER_PACKAGES), "app_format": APP_FORMAT}
 
 
 def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: str) -> bool:
@@ -275,14 +277,10 @@ def _export_one(kind: formats.ArtifactKind, *, run: Run, source: ExportSource, c
         details = session.make(kind, out, mode)
     else:
         details = kind.load_exporter()(source, out, None)
-    if kind.family == "onnx":  # after export, so the exporters stay pure and deterministic
-        from exporter.export.onnx import write_metadata
-
-        write_metadata(out, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in deploy.items()})
-    if "conformance" not in details:  # a writer that bypassed the exporters' gate: check the file now
-        from exporter.export.conformance import check
-
-        details["conformance"] = check(kind.name, out, input_shape=source.input_shape, num_classes=source.num_classes)
+    # after export, so the exporters stay pure and deterministic: the SDK's metadata and interface, then the
+    # gate again on the final file (its record replaces the exporter's)
+    details["conformance"] = app_ready(kind.name, out, deploy, name=run.model_name or run.path.name,
+                                       version=f"resexport {__version__}", num_classes=source.num_classes)
     runner = load_runner(out, kind=kind.name)
     entry = {
         "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,

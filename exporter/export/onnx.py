@@ -9,6 +9,7 @@ in the graph, which makes the same model give byte-identical files. Input 'image
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -105,7 +106,18 @@ def onnx_fp32_proto(source: ExportSource):
     return onnx.load_from_string(source._onnx_fp32)
 
 
-def write_metadata(path: Path, props: dict[str, str]) -> None:
+APP_KEYS = ("class_names", "input_size", "channels", "color", "layout", "scale", "input_range", "mean", "std",
+            "formula", "resize", "model_name", "model_version", "producer")
+
+
+def app_metadata(deploy: dict, *, name: str, version: str) -> dict[str, str]:
+    """The metadata_props an app reads (APP_KEYS, README "Use the files in an app"): the deployment info
+    (exporter.convert.deployment_info) as JSON values, plain strings as they are, and who made the file."""
+    props = {**deploy, "model_name": name, "model_version": version, "producer": "resexport"}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in props.items()}
+
+
+def write_metadata(path: Path, props: dict[str, str]) -> dict:
     """Set the model's metadata_props (key -> string, sorted by key, replacing any of the same key)
     in an exported file, atomically. Deterministic: the same props give the same bytes."""
     onnx = require("onnx", extra="onnx", purpose="ONNX metadata")
@@ -116,7 +128,7 @@ def write_metadata(path: Path, props: dict[str, str]) -> None:
     for key in sorted(merged):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, merged[key]
-    _write(proto, path, "onnx")
+    return _write(proto, path, "onnx")
 
 
 def _write(proto, out: Path, kind: str, source: ExportSource | None = None) -> dict:

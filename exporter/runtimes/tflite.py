@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
+from exporter.export.tflite_app import app_record
 from exporter.quiet import native_stderr_hidden
 from exporter.runtimes.base import Runner, check_file
 
@@ -31,6 +32,14 @@ def tflite_precision(interp, input_dtype: str) -> str:
     return "float32"
 
 
+def _app_record(path) -> dict | None:
+    """What exporter.export.tflite_app recorded in the file (None for a file from elsewhere)."""
+    try:
+        return app_record(path)
+    except Exception:  # noqa: BLE001  (a file the schema cannot read: the interpreter already loaded it)
+        return None
+
+
 class TFLiteRunner(Runner):
     engine = "litert"
 
@@ -41,11 +50,14 @@ class TFLiteRunner(Runner):
         self._batch = None
         self._in_q, self._out_q = _quant(self._in), _quant(self._out)
         dtype = np.dtype(self._in["dtype"]).name
+        self.app = _app_record(path)
         super().__init__(path, device=device, info={
             "provider": "XNNPACK (LiteRT default CPU delegate)", "threads": threads,
             "precision": tflite_precision(interp, dtype),
             "input_dtype": dtype, "output_dtype": np.dtype(self._out["dtype"]).name,
-            "input_quantization": self._in_q, "output_quantization": self._out_q})
+            "input_quantization": self._in_q, "output_quantization": self._out_q,
+            **({"app": {k: self.app[k] for k in ("rgb_adapter", "mediapipe_ready") if k in self.app}}
+               if self.app else {})})
 
     @classmethod
     def load(cls, path, *, device="cpu", threads=None, **_):
@@ -71,6 +83,18 @@ class TFLiteRunner(Runner):
     def num_outputs(self):
         return int(self._out["shape_signature"][-1])
 
+    @property
+    def rgb_adapter(self) -> bool:
+        """The file takes RGB and makes it gray inside (exporter.export.tflite_app): gray data is fed with
+        its one channel repeated, as an app's RGB image of a gray picture is."""
+        return bool(self.app and self.app.get("rgb_adapter"))
+
+    def check_fits(self, image_shape, num_classes=None) -> None:
+        image_shape = tuple(image_shape)
+        if self.rgb_adapter and image_shape[-1:] == (1,):
+            image_shape = (*image_shape[:-1], 3)
+        super().check_fits(image_shape, num_classes)
+
     def _resize(self, n: int) -> None:
         if n != self._batch:
             self.interp.resize_tensor_input(self._in["index"], [n, *self.input_shape], strict=False)
@@ -79,6 +103,8 @@ class TFLiteRunner(Runner):
             self._batch = n
 
     def _predict(self, x):
+        if self.rgb_adapter and x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
         self._resize(len(x))
         if self._in_q:  # int8 input: quantise with the file's own scale and zero point
             info = np.iinfo(self._in["dtype"])
