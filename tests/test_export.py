@@ -41,12 +41,16 @@ def test_manifest_records_each_artifact(converted_run):
         e = man["artifacts"][name]
         assert (converted_run / e["file"]).stat().st_size == e["bytes"]
         assert e["source_sha256"] == man["model"]["sha256"] and len(e["sha256"]) == 64
-        assert e["inputs"][0]["shape"][1:] == [28, 28, 1]
+        # the TFLite files take RGB (the app-ready adapter), the ONNX files the model's own gray input
+        assert e["inputs"][0]["shape"][1:] == ([28, 28, 3] if e["family"] == "tflite" else [28, 28, 1])
     precision = {"none": "float32", "float16": "float16", "dynamic": "dynamic-int8", "int8": "int8"}
     for kind in formats.EXPORTABLE:  # read from the file itself, not assumed from the kind
         assert man["artifacts"][kind.name]["precision"] == precision[kind.quantize], kind.name
     int8 = man["artifacts"]["tflite-int8"]
-    assert int8["inputs"][0]["dtype"] == "int8" and int8["outputs"][0]["quantization"]["scale"] > 0
+    # what an app SDK takes: raw uint8 pixels in (1/255 and 0 for this run's `unit` scale), uint8 scores out
+    assert int8["inputs"][0]["dtype"] == "uint8" and int8["outputs"][0]["dtype"] == "uint8"
+    assert int8["inputs"][0]["quantization"] == {"scale": pytest.approx(1 / 255), "zero_point": 0}
+    assert int8["outputs"][0]["quantization"]["scale"] > 0
     assert int8["calibration"] == man["artifacts"]["onnx-int8"]["calibration"]
     assert int8["calibration"]["count"] == 500 and int8["calibration"]["split"] == "train"
     assert man["artifacts"]["onnx-fp32"]["opset"] == 17
@@ -69,6 +73,7 @@ class RawTFLiteRunner(TFLiteRunner):  # a test double
     with an int8 model. Used by tests to prove validation catches it."""
 
     def _predict(self, x):
+        x = np.repeat(x, 3, axis=-1) if self.rgb_adapter and x.shape[-1] == 1 else x
         self._resize(len(x))
         self.interp.set_tensor(self._in["index"], x.astype(self._in["dtype"]))
         self.interp.invoke()

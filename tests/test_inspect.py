@@ -140,7 +140,7 @@ def test_fallback_auto_makes_a_failing_int8_model_pass(swamped_run, tmp_path, ki
     names = _tflite_tensor_names(run / entry["file"]) if family == "tflite" else _onnx_node_names(run / entry["file"])
     assert set(entry["float_layers"]) <= names
     if family == "tflite":
-        assert entry["inputs"][0]["dtype"] == "int8" and entry["outputs"][0]["dtype"] == "int8"
+        assert entry["inputs"][0]["dtype"] == "uint8" and entry["outputs"][0]["dtype"] == "uint8"  # app-ready
     search = entry["fallback_search"]
     assert search["chosen"]["passed"] and search["trials"][0]["float_set"] == 0 and not search["trials"][0]["passed"]
     # an imported model's training images are unknown: the hold-out is matched to the test inputs' difficulty

@@ -287,7 +287,7 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
         assert set(entry["qat"]["claims"]) == {"computes_the_qat_model", "keeps_the_original_accuracy"}
         assert entry["qat"]["claims"]["keeps_the_original_accuracy"]["gates"]["min_agreement"] is None
         assert entry["qat"]["steps"] >= 1 and entry["qat"]["lr"] > 0 and entry["qat"]["seconds"] >= 0
-    assert man["artifacts"]["tflite-int8"]["inputs"][0]["dtype"] == "int8"
+    assert man["artifacts"]["tflite-int8"]["inputs"][0]["dtype"] == "uint8"  # app-ready (README, Use the files in an app)
     assert convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01) == \
         {"tflite-int8": "up to date", "onnx-int8": "up to date"}
     json.dumps(man)  # the records are plain JSON
