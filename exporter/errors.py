@@ -12,6 +12,7 @@ Exit codes (documented in README, "Troubleshooting"):
 """
 
 from __future__ import annotations
+from exporter.quiet import native_stderr_hidden
 
 
 class ResexportError(Exception):
@@ -100,8 +101,6 @@ def require(module: str, *, extra: str, purpose: str):
 
     try:
         if module.split(".")[0] in NOISY_NATIVE_IMPORTS and module not in sys.modules:
-            from exporter.quiet import native_stderr_hidden
-
             with native_stderr_hidden():  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL
                 return importlib.import_module(module)
         return importlib.import_module(module)

@@ -23,6 +23,8 @@ import logging
 from pathlib import Path
 
 from exporter.errors import ExportError, ResexportError, require
+from exporter.fsutil import atomic_path
+from exporter.quiet import native_stderr_hidden
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,6 @@ def check(kind_or_family: str, path: Path, *, input_shape=None, num_classes=None
 
 def write_checked(out: Path, data: bytes, kind_or_family: str, *, input_shape=None, num_classes=None) -> dict:
     """Write `data` to `out` atomically, renaming it into place only if it passes `check`."""
-    from exporter.fsutil import atomic_path
-
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         record = check(kind_or_family, tmp, input_shape=input_shape, num_classes=num_classes)
@@ -173,8 +173,6 @@ def _tensor_record(d: dict) -> dict:
 
 
 def _check_tflite(path: Path, kind: str, input_shape, num_classes, input_dtypes) -> dict:
-    from exporter.quiet import native_stderr_hidden
-
     try:
         with native_stderr_hidden():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" to fd 2
             interp, engine = _interpreter(path)
