@@ -21,7 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from exporter.errors import UsageError
+from exporter.errors import UsageError, require
 
 ENGINE = "keras.utils.PyDataset"
 AUGMENTATIONS = ("flip", "crop")
@@ -67,9 +67,7 @@ def augment_batch(x: np.ndarray, ops, rng: np.random.Generator) -> np.ndarray:
 
 
 def _py_dataset_base():
-    import keras
-
-    return keras.utils.PyDataset
+    return require("keras", extra="full", purpose="Training").utils.PyDataset
 
 
 class Batches(_py_dataset_base()):

@@ -15,7 +15,7 @@ from exporter.runtimes.keras import load_keras_model
 
 def tensorflow():
     tf = require("tensorflow", extra="full", purpose="Conversion to TFLite/ONNX")
-    import keras
+    keras = require("keras", extra="full", purpose="Conversion to TFLite/ONNX")  # its backend may be missing
 
     if keras.backend.backend() != "tensorflow":
         raise MissingRuntimeError(f"conversion needs Keras on the TensorFlow backend, this process runs "
