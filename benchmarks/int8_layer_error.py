@@ -1,5 +1,5 @@
 """Issue 4/5 follow-up, redone with issue 13's library function: where does int8 lose agreement?
-`exporter.inspect.inspect` (= `resexport inspect`) re-makes the run's int8 artifact with the
+`exporter.quantize.diagnose.inspect` (= `resexport inspect`) re-makes the run's int8 artifact with the
 library's own converter settings and calibration set and measures each layer's own error on
 held-out TRAINING images: TFLite through QuantizationDebugger, ONNX through ONNX Runtime's QDQ
 debug tools. Ranked by the worst channel's noise/std; rmse/scale is the debugger's own metric
@@ -16,7 +16,7 @@ from _common import ROOT, machine, save
 
 from exporter import data
 from exporter import manifest as mf
-from exporter.inspect import inspect
+from exporter.quantize.diagnose import inspect
 
 run = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "artifacts" / "int8" / "plain12"
 man = mf.read_manifest(run)

@@ -29,7 +29,7 @@ from exporter.bench import BenchConfig, time_calls
 from exporter.cpuinfo import physical_cores
 from exporter.export import onnx as onx
 from exporter.export.source import ExportSource
-from exporter.inspect import holdout
+from exporter.quantize.diagnose import holdout
 from exporter.runtimes import load_runner
 
 SPEED_RUN = ROOT / "artifacts" / "int8-speed" / "resnet18"

@@ -54,7 +54,7 @@ COMMITTED = ROOT / "benchmarks" / "results" / "qat_drift.json"
 
 
 def open_run(name: str):
-    from exporter.data.select import open_for_run
+    from exporter.run import open_for_run
     from exporter.run import Run
 
     run = RUNS / name

@@ -83,7 +83,7 @@ def rss_child(cmd: list[str], env: dict) -> dict:
 def pipeline_alone(folder: Path, batch: int, batches: int, threads: int) -> dict:
     """Images/s of the stream by itself: decode + preprocess + flip,crop, `threads` threads."""
     sys.path.insert(0, str(ROOT))
-    from exporter.data.select import open_data
+    from exporter.data.choose import open_data
     from exporter.stream import Batches
 
     ds = open_data(str(folder))

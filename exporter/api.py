@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from exporter import formats
-from exporter.data.select import one_scan
+from exporter.data.choose import one_scan
 from exporter.errors import ResexportError, UsageError, ValidationFailed
 from exporter.progress import NULL, Progress
 from exporter.run import Run
@@ -74,7 +74,7 @@ def train(*, model: str = "resmini", data: PathLike | None = None, run: PathLike
 
     Input is streamed (exporter.stream); every epoch is checkpointed in the run's staging folder, and the
     same call again (or resume=RUN, with the settings it was started with) continues an interrupted run."""
-    from exporter.data.select import open_data
+    from exporter.data.choose import open_data
     from exporter.models import spec
     from exporter.run import default_run_path
     from exporter.stream import parse_augment
@@ -131,7 +131,7 @@ def convert_with_status(model=None, *, run=None, data=None, scale=None, format="
                         progress: Progress = NULL) -> tuple[Run, dict[str, str]]:
     """convert(), also returning {kind: 'written' | 'up to date' | 'failed: reason'} (what the CLI shows)."""
     from exporter.convert import convert as convert_stage, import_model, int8_mode
-    from exporter.data.select import open_for_run
+    from exporter.run import open_for_run
 
     from exporter.export.source import tensorflow
 
@@ -188,7 +188,7 @@ def validate(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | No
     """Validate the run's artifacts against its reference model on the test set (all of it, or a
     stratified sample of `limit` images). Writes validation.json. With check=True, a failing artifact
     raises ValidationFailed (what the CLI's exit code 4 is) instead of returning passed=False."""
-    from exporter.data.select import open_for_run
+    from exporter.run import open_for_run
     from exporter.validate import failure_summary, validate as validate_stage
 
     target = Run.of(run)
@@ -210,7 +210,7 @@ def bench(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | None 
           strict: bool = False, progress: Progress = NULL) -> Bench:
     """Time the run's artifacts (and the Keras reference) on real test images. Writes bench.json."""
     from exporter.bench import BenchConfig, bench as bench_stage
-    from exporter.data.select import open_for_run
+    from exporter.run import open_for_run
 
     target = Run.of(run)
     cfg = BenchConfig(batches=tuple(int(b) for b in batches), warmup=warmup, min_runs=min_runs, min_time=min_time,

@@ -19,10 +19,11 @@ import numpy as np
 from exporter import data as data_mod
 from exporter import manifest as mf
 from exporter.errors import MissingRuntimeError, UsageError
-from exporter.fsutil import write_json_atomic
+from exporter.fsutil import sha256_path, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.run import BENCH_FILE, Run
-from exporter.runtimes import Runner, load_runner
+from exporter.runtimes import DEVICES, Runner, load_runner
+from exporter.cpuinfo import int8_features, physical_cores
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ class BenchConfig:
             raise UsageError(f"--batch sizes must be positive, got {list(self.batches)}")
         if self.warmup < 0 or self.min_runs < 1 or self.min_time < 0:
             raise UsageError("--warmup must be >= 0, --min-runs >= 1, --min-time >= 0")
-        from exporter.runtimes import DEVICES
 
         if self.device not in DEVICES:
             raise UsageError(f"unknown --device '{self.device}'", hint=f"use {' or '.join(DEVICES)}")
@@ -57,8 +57,6 @@ class BenchConfig:
         if self.threads is not None:
             return self
         from dataclasses import replace
-
-        from exporter.cpuinfo import physical_cores
 
         return replace(self, threads=physical_cores())
 
@@ -97,8 +95,6 @@ def time_calls(call: Callable[[np.ndarray], object], images: np.ndarray, batch: 
 
 
 def environment(device: str) -> dict:
-    from exporter.cpuinfo import int8_features, physical_cores
-
     features = int8_features()
     cpu = features["model"]
     gpu = None
@@ -181,8 +177,6 @@ def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None
 def bench_inputs(targets: list[Target], cfg: BenchConfig, env: dict) -> dict:
     """What a benchmark depends on: the stage key's inputs (every target by sha256, the settings,
     the machine and the runtimes' versions)."""
-    from exporter.fsutil import sha256_path
-
     return {"targets": {t.label: sha256_path(t.path) if t.path.exists() else None for t in targets},
             "config": asdict(cfg), "machine": {k: env.get(k) for k in ("cpu", "cores", "gpu", "device", "versions")}}
 

@@ -116,7 +116,7 @@ MODELS_HELP = ("Registry model: resmini (the CPU default), plain12/20/32/50 and 
 
 
 def _run_dataset(run: Path, data_dir, test_limit=None, data=None):
-    from exporter.data.select import open_for_run
+    from exporter.run import open_for_run
 
     return open_for_run(run, data=data, data_dir=data_dir, test_limit=test_limit)
 
@@ -294,7 +294,7 @@ def inspect(
     tools), re-made with the run's own converter settings and calibration set."""
     from exporter.run import Run
     from exporter.errors import UsageError
-    from exporter.inspect import inspect as inspect_fn
+    from exporter.quantize.diagnose import inspect as inspect_fn
     from exporter.report import INSPECT_HEADERS, inspect_rows
 
     run = Run.of(run)

@@ -22,6 +22,10 @@ from rich.table import Table
 
 from exporter.errors import EXIT_CODES, ResexportError
 from exporter.quiet import native_stderr_hidden
+from exporter.data.choose import one_scan
+from exporter.fsutil import _json_default
+from exporter.progress import NULL
+from exporter.runtimes.keras import import_custom_objects as load
 
 out = Console(width=None if sys.stdout.isatty() else 200)  # results (tables, JSON)
 err = Console(stderr=True)           # progress and messages
@@ -39,8 +43,6 @@ class RichProgress:
     @contextlib.contextmanager
     def task(self, description: str, total: int | None = None) -> Iterator:
         if not self.enabled:
-            from exporter.progress import NULL
-
             with NULL.task(description, total) as t:
                 yield t
             return
@@ -85,8 +87,6 @@ def import_tensorflow_quietly() -> None:
 
 def import_custom_objects() -> None:
     """Import the user's code that defines (and registers) custom layers or models."""
-    from exporter.runtimes.keras import import_custom_objects as load
-
     for source in state["custom_objects"]:
         load(source)
 
@@ -103,7 +103,6 @@ def boundary(fn=None, *, tensorflow: bool = False):
             if tensorflow:
                 import_tensorflow_quietly()
             import_custom_objects()
-            from exporter.data.select import one_scan
 
             with one_scan():
                 return fn(*args, **kwargs)
@@ -132,8 +131,6 @@ def boundary(fn=None, *, tensorflow: bool = False):
 # ------------------------------------------------------------------------------ output
 
 def print_json(obj) -> None:
-    from exporter.fsutil import _json_default
-
     sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 

@@ -12,16 +12,20 @@ from pathlib import Path
 from exporter import data as data_mod
 from exporter import formats
 from exporter import manifest as mf
-from exporter import outputs
+from exporter import __version__, outputs
 from exporter.errors import InputError, MissingRuntimeError, OutputError, OutputExistsError, ResexportError, UsageError
-from exporter import __version__
-from exporter.export.conformance import app_ready
 from exporter.export.source import ExportSource, check_weights_finite
-from exporter.fsutil import sha256_file, sha256_path
+from exporter.fsutil import sha256_file, sha256_path, write_bytes_atomic, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.runtimes import load_runner
 from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem, batch_sample
 from exporter.run import Run, default_run_path
+from exporter.data import choose
+from exporter.export.app import app_ready
+from exporter.export.onnx import int8_target
+from exporter.quantize.make import Int8Session, check_int8
+from exporter.runtimes.keras import KerasRunner
+from exporter.train import staged_run
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,6 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     the preprocessing the model needs (exporter.data.preprocessing.decide: its input size, channels and
     rank; `scale`, else what a Rescaling/Normalization layer at its input expects). That preprocessing
     is recorded in the manifest and used by every later stage."""
-    from exporter.data import select
-    from exporter.train import staged_run
-
     model_path = Path(model_path)
     if not model_path.exists():
         raise UsageError(f"--model {model_path} does not exist")
@@ -51,12 +52,12 @@ def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Datase
     reference = load_runner(model_path, kind=row.name, unsafe=unsafe)
     keras_model = getattr(reference, "model", None)
     if dataset is None:
-        source = select.open_source(data, test_split=test_split)  # the user's images, scanned once
-        pp = select.for_model(reference.input_shape, scale=scale, model=keras_model, data=data, source=source,
+        source = choose.open_source(data, test_split=test_split)  # the user's images, scanned once
+        pp = choose.for_model(reference.input_shape, scale=scale, model=keras_model, data=data, source=source,
                               where=str(model_path))
-        dataset = select.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data,
+        dataset = choose.open_data(data, pp=pp, data_dir=data_dir, test_split=test_split, calib_data=calib_data,
                                    source=source)
-    pp = dataset.preprocessing or select.for_model(reference.input_shape or dataset.input_shape, scale=None,
+    pp = dataset.preprocessing or choose.for_model(reference.input_shape or dataset.input_shape, scale=None,
                                                    model=keras_model, data=dataset.name, where=str(model_path))
     reference.check_fits(dataset.input_shape, dataset.num_classes)
     if row.family == "keras":  # NaN/Inf weights: refuse before a run folder is made around them
@@ -105,8 +106,6 @@ def deployment_info(pp, class_names) -> dict:
 
 def write_deployment_files(run: Path, info: dict) -> None:
     """labels.txt (one class per line, in output order) and preprocessing.json beside the artifacts."""
-    from exporter.fsutil import write_bytes_atomic, write_json_atomic
-
     labels = "".join(f"{name}\n" for name in info["class_names"]).encode()
     if not (run / LABELS_FILE).is_file() or (run / LABELS_FILE).read_bytes() != labels:
         write_bytes_atomic(run / LABELS_FILE, labels)
@@ -122,8 +121,6 @@ FALLBACK_CHOICES = ("none", "auto")
 
 def int8_mode(int8: str | None, fallback: str = "none") -> str:
     """--int8 (ptq|qat|fallback|auto), with the older --fallback auto as an alias of --int8 fallback."""
-    from exporter.quantize.make import check_int8
-
     if fallback not in FALLBACK_CHOICES:
         raise UsageError(f"unknown --fallback '{fallback}'", hint=f"choose one of: {', '.join(FALLBACK_CHOICES)}")
     if fallback == "auto":
@@ -144,8 +141,6 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: 
     if mode in ("qat", "auto"):
         key = {"int8": mode, "qat": qat_settings or {}}
     if kind.family == "onnx":
-        from exporter.export.onnx import int8_target
-
         key["target_cpu"] = {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}
         if mode in ("qat", "auto") and key["target_cpu"]["reduce_range"]:
             key["qat_weights"] = "7-bit"  # QAT ONNX for AVX2 (before: 8-bit whatever the target)
@@ -228,7 +223,6 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     try:
         if source.family == "keras":
             model = source.keras_model()
-            from exporter.runtimes.keras import KerasRunner
 
             probe = KerasRunner(ref_path, model, device="cpu", mode="compiled")
             probe.check_fits(dataset.input_shape, dataset.num_classes)
@@ -237,8 +231,6 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
                 run.set_output(*_detect_output(model, probe, dataset))
         session = None
         if any(k.needs_calibration for k in todo):
-            from exporter.quantize.make import Int8Session
-
             session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
                                   target_cpu=target_cpu, qat_epochs=qat_epochs)
         with progress.task("converting", total=len(todo)) as task:

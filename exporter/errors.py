@@ -12,6 +12,7 @@ Exit codes (documented in README, "Troubleshooting"):
 """
 
 from __future__ import annotations
+from exporter.quiet import native_stderr_hidden
 
 
 class ResexportError(Exception):
@@ -100,13 +101,55 @@ def require(module: str, *, extra: str, purpose: str):
 
     try:
         if module.split(".")[0] in NOISY_NATIVE_IMPORTS and module not in sys.modules:
-            from exporter.quiet import native_stderr_hidden
-
             with native_stderr_hidden():  # TensorFlow's C++ start-up lines ignore TF_CPP_MIN_LOG_LEVEL
                 return importlib.import_module(module)
         return importlib.import_module(module)
     except ImportError as exc:  # ModuleNotFoundError or a broken install
+        if module.split(".")[0] == "keras":
+            missing_backend(exc)
         raise MissingRuntimeError(
             f"{purpose} needs the Python package '{module.split('.')[0]}', which is not importable ({exc})",
             hint=f"install it with: pip install 'resexport[{extra}]'",
         ) from exc
+
+
+# Keras' backends: the package each needs, and its pip line
+KERAS_BACKENDS = {"tensorflow": "'resexport[full]'", "jax": "jax", "torch": "torch", "openvino": "openvino"}
+
+
+def keras_backend_name() -> str:
+    """The backend Keras will load: KERAS_BACKEND, else ~/.keras/keras.json's, else tensorflow
+    (read without importing Keras, which imports the backend)."""
+    import json
+    import os
+
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    config = os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "keras.json")
+    try:
+        with open(config) as f:
+            return json.load(f).get("backend") or "tensorflow"
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+def importable(module: str) -> bool:
+    """Whether `module` can be imported here, without importing it (a blocked or absent module is not)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a finder refused it, or sys.modules holds None for it
+        return False
+
+
+def missing_backend(exc: ImportError) -> None:
+    """Keras failed to import: if that is because its backend is not installed, raise the one-line
+    refusal naming the package to install (Keras imports its backend on `import keras`)."""
+    backend = keras_backend_name()
+    pip = KERAS_BACKENDS.get(backend)
+    if pip is None or not importable("keras") or importable(backend):
+        return
+    raise MissingRuntimeError(f"Keras runs on the '{backend}' backend here (KERAS_BACKEND), which is not installed",
+                              hint=f"install it with: pip install {pip}, or unset KERAS_BACKEND to use TensorFlow"
+                              if backend != "tensorflow" else f"install it with: pip install {pip}") from exc

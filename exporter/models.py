@@ -17,10 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-import keras
-from keras import layers
+from exporter.errors import UsageError, require
 
-from exporter.errors import UsageError
+# through require: a missing backend (KERAS_BACKEND=jax without jax) is a one-line refusal, not a traceback
+keras = require("keras", extra="full", purpose="Building a model")
+layers = keras.layers
 
 OUTPUT_CONVENTION = "probabilities"
 

@@ -18,6 +18,7 @@ from exporter.report import write_report
 from exporter.run import Run, default_run_path
 from exporter.train import Recipe, train
 from exporter.validate import validate
+from exporter.data.choose import open_data
 
 PIPELINE_BENCH = BenchConfig(batches=(1, 64), warmup=3, min_runs=10, min_time=0.5)
 
@@ -50,8 +51,6 @@ def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = 
         status = fn()
         stages[name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
         on_stage(name, status, stages[name]["seconds"])
-
-    from exporter.data.select import open_data
 
     ds = open_data(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
 

@@ -11,6 +11,7 @@ from exporter.errors import InputError
 from exporter.fsutil import atomic_path
 from exporter.run import Run
 from exporter.validate import VALIDATION_FILE
+from exporter import formats
 
 REPORT_MD = "report.md"
 REPORT_PNG = "report.png"
@@ -110,7 +111,6 @@ def convert_rows(run, status: dict[str, str]) -> list[dict]:
     for kind, st in status.items():
         a = run.artifact(kind)
         if a is None or st.startswith("failed"):  # the kind could not be made: its reason is its status
-            from exporter import formats
 
             rows.append({"kind": kind, "status": st, "file": formats.get(kind).filename, "bytes": None,
                          "size": "–", "seconds": "–"})
@@ -125,7 +125,7 @@ INSPECT_HEADERS = ["#", "op", "output tensor", "worst channel noise/std", "tenso
 
 
 def inspect_rows(report: dict, top: int) -> list[list[str]]:
-    """exporter.inspect's per-layer table as strings, worst first."""
+    """exporter.quantize.diagnose's per-layer table as strings, worst first."""
     rows = []
     for i, r in enumerate(report["layers"][:top], 1):
         detail = (f"rmse/scale {r['rmse_over_scale']:.3f}" if "rmse_over_scale" in r

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 
 from exporter import manifest as mf
+from exporter.data import choose
+from exporter.data.preprocessing import Preprocessing, decide
 
 VALIDATION_FILE = "validation.json"
 BENCH_FILE = "bench.json"
@@ -165,17 +167,14 @@ class Run:
         return self.manifest.get("training", {})
 
     @property
-    def recorded_preprocessing(self):
-        from exporter.data.select import run_preprocessing
-
-        return run_preprocessing(self.manifest)
+    def recorded_preprocessing(self) -> Preprocessing | None:
+        rec = self.manifest.get("preprocessing")
+        return Preprocessing.from_dict(rec) if rec else None
 
     @property
-    def preprocessing(self):
+    def preprocessing(self) -> Preprocessing:
         """The preprocessing the run records; a run made before it was recorded (a built-in dataset, as
         loaded) gets the one exporter.data.preprocessing.decide gives for its input shape."""
-        from exporter.data.preprocessing import decide
-
         return self.recorded_preprocessing or decide(self.input_shape, scale=None, where=self.model_file)
 
     def record_data(self, preprocessing, content_hash: str) -> None:
@@ -228,3 +227,17 @@ class Run:
     @property
     def bench(self) -> dict | None:
         return mf.read_json_if(self.path / BENCH_FILE)
+
+
+def open_for_run(run: "Run | str | os.PathLike | None", *, data: str | None = None, data_dir=None,
+                 test_limit: int | None = None):
+    """The run's own data (as recorded in its manifest) or `data`, with the run's preprocessing.
+    The run asks data (exporter.data.choose.open_data) with what it recorded; data never imports the run."""
+    run = Run.of(run)
+    pp = run.recorded_preprocessing
+    origin = run.data_origin
+    if data is None:
+        spec = origin.get("path") or run.dataset_name or choose.DEFAULT_DATASET
+        return choose.open_data(spec, pp=pp, data_dir=data_dir, test_split=origin.get("test_split"),
+                                calib_data=origin.get("calib_data"), test_limit=test_limit)
+    return choose.open_data(data, pp=pp, data_dir=data_dir, test_limit=test_limit)

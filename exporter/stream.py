@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from exporter.errors import UsageError, require
 
 ENGINE = "keras.utils.PyDataset"
 AUGMENTATIONS = ("flip", "crop")
@@ -32,8 +33,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def parse_augment(text: str | None) -> tuple[str, ...]:
-    from exporter.errors import UsageError
-
     if not text or text.strip().lower() in ("", "none", "off"):
         return ()
     ops = tuple(dict.fromkeys(v.strip().lower() for v in text.split(",") if v.strip()))
@@ -68,9 +67,7 @@ def augment_batch(x: np.ndarray, ops, rng: np.random.Generator) -> np.ndarray:
 
 
 def _py_dataset_base():
-    import keras
-
-    return keras.utils.PyDataset
+    return require("keras", extra="full", purpose="Training").utils.PyDataset
 
 
 class Batches(_py_dataset_base()):

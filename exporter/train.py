@@ -25,10 +25,12 @@ import numpy as np
 
 from exporter import manifest as mf
 from exporter.data import Dataset
-from exporter.errors import OutputError, OutputExistsError, UsageError
-from exporter.fsutil import current_umask, ensure_dir, sha256_file
+from exporter.errors import (MissingRuntimeError, OutputError, OutputExistsError, ResexportError, UsageError,
+                             importable, require)
+from exporter.fsutil import current_umask, ensure_dir, sha256_file, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.run import Run
+from exporter.data.own import split_indices
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ def training_key(model_name: str, dataset: Dataset, recipe: Recipe, seed: int, *
 def existing_run(run: Path, key: str) -> TrainResult | None:
     """The run already in `run` if it was trained with the same inputs; None if there is none; an
     OutputExistsError if it was trained otherwise (or is not a run)."""
-    from exporter.errors import ResexportError
-
     if not (run.exists() and any(run.iterdir())):
         return None
     try:
@@ -249,6 +249,10 @@ def resolve_devices(devices="1") -> Devices:
     if backend != "jax":
         if want == 1 or (want == "all" and _visible_accelerators(backend) <= 1):
             return Devices(backend, 1, *_single_device_kind(backend))
+        if not importable("jax"):
+            raise MissingRuntimeError(f"--devices {want} needs Keras on JAX (this is {backend}), and jax is not installed",
+                                      hint="install it with: pip install jax, then run with KERAS_BACKEND=jax; "
+                                           "--devices 1 trains here")
         raise UsageError(f"--devices {want} needs the JAX backend (this is {backend}): run with KERAS_BACKEND=jax",
                          hint="data-parallel training uses keras.distribution, which runs on JAX; "
                               "--devices 1 trains here")
@@ -380,8 +384,6 @@ def _checkpoint_callback(model, folder: Path, base: dict, history: list, clock):
     older weights removed. A kill at any moment leaves the previous or the new checkpoint whole."""
     import keras
 
-    from exporter.fsutil import write_json_atomic
-
     class _Checkpoint(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             name = f"epoch-{epoch + 1:04d}.weights.h5"
@@ -429,10 +431,9 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
     complete epoch; force=True discards it and any old run. `command`: the caller's arguments,
     stored with the checkpoint so `train --resume RUN` can repeat them. With reuse=True, a run
     already there that was trained with the same inputs is returned as it is (reused=True)."""
-    import keras
+    keras = require("keras", extra="full", purpose="Training")  # a missing backend: one line (exit 5)
 
-    from exporter.models import MODELS, OUTPUT_CONVENTION, build_model, count_depth
-    from exporter.data.own import split_indices
+    from exporter.models import MODELS, OUTPUT_CONVENTION, build_model, count_depth  # both import Keras
     from exporter.stream import Batches, epoch_setter
 
     run = Path(run)

@@ -25,11 +25,12 @@ from exporter import formats
 from exporter import manifest as mf
 from exporter import outputs as out_mod
 from exporter.errors import InputError, MissingRuntimeError, ModelFileError, ResexportError, UsageError
-from exporter.fsutil import sha256_file, write_json_atomic
+from exporter.fsutil import atomic_path, sha256_file, sha256_path, write_json_atomic
 from exporter.progress import NULL, Progress
 from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem
 from exporter.run import VALIDATION_FILE, Run
 from exporter.runtimes import Runner, load_runner
+from exporter.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,6 @@ def reference_outputs(run: Run, dataset, *, batch_size, threads, unsafe, progres
     test set's hash). Where the reference cannot be run (an edge box with no Keras/TensorFlow),
     the cache is used instead, if it matches. A reference whose outputs depend on the batch is bad
     input (InputError): nothing could be validated against it."""
-    from exporter.errors import MissingRuntimeError
-    from exporter.fsutil import atomic_path, sha256_path
-
     ref_kind, ref_path = run.model_format, run.model_path
     model_sha = sha256_path(ref_path) if ref_path.exists() else run.recorded_model_sha256
     data_hash = dataset.content_hash
@@ -205,8 +203,6 @@ def run_runner(runner: Runner, x: np.ndarray, batch_size: int, progress: Progres
 def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, overrides: dict | None) -> dict:
     """What a validation depends on: the stage key's inputs (the reference model and every artifact
     by sha256, the test set by content, the gates and batch size)."""
-    from exporter.fsutil import sha256_path
-
     ref_path = run.model_path
     return {"model_sha256": sha256_path(ref_path) if ref_path.exists() else run.recorded_model_sha256,
             "artifacts": {k: _sha_or_none(run.artifact_path(k)) for k in kinds},
@@ -352,9 +348,8 @@ def qat_reference(run: Run, entry: dict, x, batch_size: int, cache: dict) -> tup
     if name not in cache:
         import keras
 
-        from exporter.quantize import qat as qat_mod
+        import exporter.quantize.layers  # noqa: F401  registers the QAT layers (imports Keras: not at the top)
 
-        qat_mod._layers()  # registers the QAT layers for loading
         model = keras.saving.load_model(run / name, compile=False)
         cache[name] = model.predict(x, batch_size=batch_size, verbose=0)
     return cache[name], None
@@ -369,8 +364,6 @@ def export_failure_result(kind: str, reason: str, what: str = "could not be made
 
 def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
     """95% Wilson intervals of accuracy (fraction) and agreement (percent) on a stratified sample."""
-    from exporter.stats import wilson_interval
-
     n = len(y)
     acc = wilson_interval(int((out.argmax(1) == y).sum()), n)
     agree = wilson_interval(int((out.argmax(1) == ref.argmax(1)).sum()), n)

@@ -32,7 +32,7 @@ def _force_tflite_resolver(name: str) -> None:
     resolver = getattr(litert.OpResolverType, name)
     base = litert.Interpreter
 
-    class Interpreter(base):  # what exporter/runtimes and exporter/inspect create
+    class Interpreter(base):  # what exporter/runtimes and exporter/quantize/diagnose create
         def __init__(self, *args, **kwargs):
             kwargs.setdefault("experimental_op_resolver_type", resolver)
             super().__init__(*args, **kwargs)

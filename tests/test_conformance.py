@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from exporter import formats
 from exporter import manifest as mf
 from exporter.cli import app
+from exporter.run import Run
 
 SHAPE = (8, 8, 3)
 CLASSES = 4
@@ -281,7 +282,7 @@ def test_an_export_failure_is_that_kinds_failure_and_never_bad_input(tricky_run,
 
 def test_a_kind_that_cannot_run_gets_a_failed_verdict_and_the_others_still_get_theirs(tricky_run):
     from exporter import data as data_mod
-    from exporter.data import select as rundata
+    from exporter.data import choose
     from exporter.errors import ModelFileError
     from exporter.validate import validate
 
@@ -301,8 +302,7 @@ def test_a_kind_that_cannot_run_gets_a_failed_verdict_and_the_others_still_get_t
         def close(self):
             pass
 
-    man = mf.read_manifest(run)
-    ds = rundata.open_data(str(npz), pp=rundata.run_preprocessing(man))
+    ds = choose.open_data(str(npz), pp=Run(run).recorded_preprocessing)
     assert isinstance(ds, data_mod.Dataset)
     report = validate(run=run, dataset=ds, runners={"onnx-fp32": Broken()})
     verdicts = {r["kind"]: r for r in report["artifacts"]}

@@ -502,6 +502,30 @@ def test_missing_onnxruntime_is_exit_5_with_the_pip_line(run_copy):
     assert "onnxruntime" in lines[0] and "pip install" in lines[0]
 
 
+@pytest.mark.parametrize("backend, args, says", [
+    ("jax", [], "Keras runs on the 'jax' backend here (KERAS_BACKEND), which is not installed"),
+    ("tensorflow", ["--devices", "2"], "--devices 2 needs Keras on JAX (this is tensorflow), and jax is not installed"),
+])
+def test_a_missing_keras_backend_is_exit_5_with_the_pip_line(tmp_path, backend, args, says):
+    """Issue 30: `KERAS_BACKEND=jax resexport train` without jax (and `--devices 2`, which needs JAX) is a
+    one-line refusal naming `pip install jax`, never an internal error. jax is installed here: a real
+    process blocks its import."""
+    code = block_imports_code("jax") + (
+        "from exporter.cli import main\n"
+        "sys.argv = ['resexport', 'train', *sys.argv[1:]]\n"
+        "main()\n")
+    run = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--epochs", "1", "--train-limit", "64",
+                           "--test-limit", "32", "--run", str(run)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"},
+                          cwd=pathlib.Path(__file__).resolve().parents[1])
+    assert proc.returncode == 5, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "internal error" not in proc.stderr, proc.stderr[-3000:]
+    assert says in lines[0] and "pip install jax" in lines[0], lines[0]
+    assert not run.exists()
+
+
 @pytest.mark.parametrize("case", ["pip-line", "bracket-path"])
 def test_messages_are_printed_verbatim(run_copy, tmp_path, monkeypatch, case):
     if case == "pip-line":

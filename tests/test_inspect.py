@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from exporter import formats
 from exporter import manifest as mf
 from exporter.cli import app
-from exporter.inspect import channel_noise_to_signal, inspect
+from exporter.quantize.diagnose import channel_noise_to_signal, inspect
 
 
 def _tflite_tensor_names(path):

@@ -7,6 +7,8 @@ CPUs cannot cross."""
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -162,6 +164,24 @@ def test_qat_model_saves_and_loads(tmp_path, images, qat_model):
     model.save(tmp_path / "q.keras")
     back = keras.saving.load_model(tmp_path / "q.keras")
     np.testing.assert_allclose(back.predict(images[:16], verbose=0), model.predict(images[:16], verbose=0), atol=1e-5)
+
+
+def test_a_saved_qat_model_opens_with_plain_keras_after_import_resexport(tmp_path, images, qat_model):
+    """Issue 30: the QAT layers are module-level classes registered on `import resexport`, so a fresh
+    process that imports nothing else of the project opens model_qat.keras and predicts the same."""
+    model, _ = qat_model
+    model.save(tmp_path / "model_qat.keras")
+    np.save(tmp_path / "x.npy", images[:16])
+    np.save(tmp_path / "want.npy", model.predict(images[:16], verbose=0))
+    code = ("import sys, numpy as np\n"
+            "import resexport, keras\n"
+            "m = keras.saving.load_model(sys.argv[1] + '/model_qat.keras')\n"
+            "assert not [k for k in sys.modules if k == 'exporter.quantize.qat'], 'only the layers module'\n"
+            "np.save(sys.argv[1] + '/got.npy', m.predict(np.load(sys.argv[1] + '/x.npy'), verbose=0))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"), np.load(tmp_path / "want.npy"), atol=1e-5)
 
 
 def test_qat_refuses_what_it_cannot_rebuild():

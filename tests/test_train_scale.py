@@ -89,7 +89,7 @@ def test_batches_stream_an_image_folder(tmp_path):
     decoding the whole split, batch by batch, in the seeded order."""
     from owndata_helpers import write_folder
 
-    from exporter.data.select import open_data
+    from exporter.data.choose import open_data
 
     ds = open_data(str(write_folder(tmp_path / "imgs", per_class=6, size=(24, 24))))
     n = len(ds.y_train)

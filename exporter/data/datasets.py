@@ -24,6 +24,7 @@ import numpy as np
 
 from exporter.data.preprocessing import Preprocessing
 from exporter.errors import DataError, UsageError
+from exporter.data import own as owndata
 
 log = logging.getLogger(__name__)
 
@@ -457,8 +458,6 @@ def open_own(spec, pp, *, test_split: float | None = None, seed: int = 0, calib_
     """The user's image folder or .npz as a Dataset whose x_train/x_test are lazy array-likes
     (exporter.data.own.LazyImages) decoding and preprocessing with `pp` in batches. With calib_data
     (a folder or .npz), its images stand in for the training split, for int8 calibration only."""
-    from exporter.data import own as owndata
-
     src = source or owndata.open_source(Path(spec), test_split=test_split, seed=seed)
     src.warn_mixed_sizes(pp)
     x_test = owndata.LazyImages(src.test.items, np.arange(len(src.test.labels)), pp)

@@ -23,6 +23,8 @@ import logging
 from pathlib import Path
 
 from exporter.errors import ExportError, ResexportError, require
+from exporter.fsutil import atomic_path
+from exporter.quiet import native_stderr_hidden
 
 log = logging.getLogger(__name__)
 
@@ -53,31 +55,11 @@ def check(kind_or_family: str, path: Path, *, input_shape=None, num_classes=None
 def write_checked(out: Path, data: bytes, kind_or_family: str, *, input_shape=None, num_classes=None,
                   input_dtypes=None) -> dict:
     """Write `data` to `out` atomically, renaming it into place only if it passes `check`."""
-    from exporter.fsutil import atomic_path
-
     with atomic_path(out) as tmp:
         tmp.write_bytes(data)
         record = check(kind_or_family, tmp, input_shape=input_shape, num_classes=num_classes,
                        input_dtypes=input_dtypes)
     return record
-
-
-def app_ready(kind_or_family: str, path: Path, deploy: dict, *, name: str, version: str, num_classes=None) -> dict:
-    """Make a written artifact app-ready in place, through the gate again: the metadata its SDK reads and
-    the input/output types the SDK takes. TFLite: exporter.export.tflite_app (MediaPipe Tasks' metadata
-    schema, RGB and uint8 interfaces); ONNX: `metadata_props` (the key set of exporter.export.onnx.
-    app_metadata). Returns the conformance record of the final file, with what was done under "app"."""
-    path = Path(path)
-    if family_of(kind_or_family) == "onnx":
-        from exporter.export.onnx import app_metadata, write_metadata
-
-        props = app_metadata(deploy, name=name, version=version)
-        return {**write_metadata(path, props), "app": {"metadata_props": sorted(props)}}
-    from exporter.export.tflite_app import AppSpec, make_app_ready
-
-    blob, record = make_app_ready(path.read_bytes(), AppSpec.from_deployment(deploy, name=name, version=version))
-    return {**write_checked(path, blob, kind_or_family, input_shape=record["input"]["shape"][1:],
-                            num_classes=num_classes, input_dtypes=(record["input"]["dtype"],)), "app": record}
 
 
 def _fail(kind: str, check_name: str, path: Path, detail: str) -> ConformanceError:
@@ -193,8 +175,6 @@ def _tensor_record(d: dict) -> dict:
 
 
 def _check_tflite(path: Path, kind: str, input_shape, num_classes, input_dtypes) -> dict:
-    from exporter.quiet import native_stderr_hidden
-
     try:
         with native_stderr_hidden():  # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" to fd 2
             interp, engine = _interpreter(path)

@@ -18,6 +18,7 @@ import numpy as np
 from exporter.errors import ResexportError, UsageError, require
 from exporter.export.conformance import write_checked
 from exporter.export.source import ExportSource, tensorflow
+from exporter.cpuinfo import has_vnni
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -213,8 +214,6 @@ def int8_target(target_cpu: str = "auto") -> dict:
         raise UsageError(f"unknown --target-cpu '{target_cpu}'", hint=f"choose one of: {', '.join(TARGET_CPU_CHOICES)}")
     detected = None
     if target_cpu == "auto":
-        from exporter.cpuinfo import has_vnni
-
         detected = "vnni" if has_vnni() else "avx2"
     name = detected or target_cpu
     return {"target_cpu": name, "requested": target_cpu, **ORT_INT8_TARGETS[name]}

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from exporter.errors import MissingRuntimeError, ModelFileError, require
+from exporter.errors import ExportError, MissingRuntimeError, ModelFileError, require
+from exporter.runtimes.keras import load_keras_model
 
 
 def tensorflow():
     tf = require("tensorflow", extra="full", purpose="Conversion to TFLite/ONNX")
-    import keras
+    keras = require("keras", extra="full", purpose="Conversion to TFLite/ONNX")  # its backend may be missing
 
     if keras.backend.backend() != "tensorflow":
         raise MissingRuntimeError(f"conversion needs Keras on the TensorFlow backend, this process runs "
@@ -37,8 +38,6 @@ class ExportSource:
 
     def keras_model(self):
         if self._model is None:
-            from exporter.runtimes.keras import load_keras_model
-
             self._model = load_keras_model(self.path, unsafe=self.unsafe)
         return self._model
 
@@ -111,8 +110,6 @@ class ExportSource:
         frozen = _without_xla_calls(frozen)
         leftover = [t for t in frozen.inputs if t.dtype != tf.resource]
         if len(leftover) != 1:
-            from exporter.errors import ExportError
-
             raise ExportError(f"{self.path}: the serving function still has {len(leftover)} inputs after "
                               "freezing (expected the image only)")
         spec = tf.TensorSpec((None, *self.input_shape), tf.float32, name=self.input_name)

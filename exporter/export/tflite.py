@@ -71,7 +71,7 @@ def _configure_int8(tf, c, images: np.ndarray) -> None:
 
 def int8_converter(source: ExportSource, calibration):
     """The converter export_int8 uses, configured and not yet run: the one place its settings live
-    (exporter.inspect debugs exactly this converter)."""
+    (exporter.quantize.diagnose debugs exactly this converter)."""
     if calibration is None:
         raise UsageError("tflite-int8 needs a calibration set")
     tf = tensorflow()
@@ -85,7 +85,7 @@ def export_int8(source: ExportSource, out: Path, calibration=None, float_layers=
     the parameters stored in the file). Calibrated on the training-split calibration subset.
 
     `float_layers`: output tensor names of ops to keep in float32 (selective quantisation, chosen by
-    exporter.inspect.fallback_search); see quantize_calibrated."""
+    exporter.quantize.diagnose.fallback_search); see quantize_calibrated."""
     if calibration is None:
         raise UsageError("tflite-int8 needs a calibration set")
     if float_layers:

@@ -1,6 +1,6 @@
 """Per-layer quantisation error of an int8 artifact (`resexport inspect`), and the search that keeps
 the fewest layers in float for it to pass its gate (`convert --quantize int8 --int8 fallback`, alias
-`--fallback auto`). Moved here from exporter/inspect.py (which now is this module, for one release).
+`--fallback auto`). Moved here from exporter/inspect.py (removed: no module carries a standard-library name).
 A trial passes when exporter.quantize.judge's confidence bounds pass validate's check_gates.
 
 Both start from exactly what `convert` does for the kind: the same converter settings
@@ -39,6 +39,11 @@ from exporter import formats
 from exporter.errors import UsageError, ValidationFailed, require
 from exporter.progress import NULL, Progress
 from exporter.run import Run
+from exporter.export import onnx as onx, tflite as tfl
+from exporter.export.conformance import write_checked
+from exporter.export.source import ExportSource, tensorflow
+from exporter.quantize.judge import judge
+from exporter.runtimes import load_runner
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +111,6 @@ class TFLiteInt8:
     """tflite-int8 as export_int8 makes it, calibrated once; quantised again with any layers in float."""
 
     def __init__(self, source, calibration, **_):
-        from exporter.export import tflite as tfl
-
         self._tfl = tfl
         self.source, self.calibration = source, calibration
         self._calibrated = None
@@ -118,8 +121,6 @@ class TFLiteInt8:
         return self._calibrated
 
     def layer_errors(self, images: np.ndarray) -> list[dict]:
-        from exporter.export.source import tensorflow
-
         tf = tensorflow()
         debug_model = self._tfl.quantize_debug_model(self.calibrated())
 
@@ -186,8 +187,6 @@ class OnnxInt8:
     """onnx-int8 as export_int8 makes it (same pre-processing, --target-cpu settings, calibration)."""
 
     def __init__(self, source, calibration, target_cpu: str = "auto", **_):
-        from exporter.export import onnx as onx
-
         self._onx = onx
         self.calibration = calibration
         self.target = onx.int8_target(target_cpu)
@@ -330,8 +329,6 @@ def inspect(*, run: Path, kind: str, dataset: data_mod.Dataset, samples: int = D
             unsafe: bool = False, progress: Progress = NULL) -> dict:
     """Per-layer quantisation error of the run's `kind` artifact, re-made the way convert made it
     (its manifest entry gives the calibration count, --target-cpu settings and float layers)."""
-    from exporter.export.source import ExportSource
-
     row = _check_kind(kind)
     run = Run.of(run)
     entry = run.artifact(kind)
@@ -375,9 +372,6 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
     `also(outputs) -> verdict`: a second claim a trial must pass too (fallback on top of QAT: the
     drop against the original, while `reference` is the fine-tuned model's outputs). `difficulty`:
     the reference's top-2 margins on the deployment inputs (judge.difficulty_matched)."""
-    from exporter.quantize.judge import judge
-    from exporter.runtimes import load_runner
-
     gates = gates or kind.gates
     start = time.perf_counter()
     run = Run.of(run)
@@ -446,7 +440,6 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
                 chosen = 0
             m, path = cache[chosen]
             names = sorted({n for r in order[:chosen] for n in r["float_layers"]})
-            from exporter.export.conformance import write_checked  # the exporters' gate
 
             conformance = write_checked(out, path.read_bytes(), kind.name, input_shape=source.input_shape,
                                         num_classes=source.num_classes)
@@ -460,7 +453,7 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
                              "(Wilson lower bound of agreement, paired upper bound of the drop; when the slice may "
                              "hold training images, also reweighted to the test inputs' difficulty)",
                 "seen_in_training": seen, "gates": {"min_agreement": gates.min_agreement, "max_drop": gates.max_drop},
-                "ranked_layers": len(order), "ranking": "channel_noise_to_signal per layer output (exporter.inspect); a layer's float set is its "
+                "ranked_layers": len(order), "ranking": "channel_noise_to_signal per layer output (exporter.quantize.diagnose); a layer's float set is its "
                            "op and the ops reading its output, so the tensor between them stays float",
                 "chosen": {k: v for k, v in m.items()}, "trials": trials,
                 "seconds": round(time.perf_counter() - start, 1)}}

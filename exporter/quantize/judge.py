@@ -32,6 +32,7 @@ import numpy as np
 from exporter import formats
 from exporter.stats import wilson_interval
 from exporter.validate import check_gates, compare
+from exporter.outputs import to_probabilities
 
 Z = 1.959964            # two-sided 95% = one-sided 97.5%
 SEEN_MARGIN = 0.25      # points, when the hold-out images may have been trained on
@@ -57,8 +58,6 @@ DIFFICULTY_BINS = 10
 
 def top2_margin(outputs: np.ndarray, convention: str = "probabilities") -> np.ndarray:
     """Per image: the reference's top-1 minus top-2 probability (small = hard, a near-tie)."""
-    from exporter.outputs import to_probabilities
-
     p = np.sort(to_probabilities(outputs, convention), axis=1)
     return p[:, -1] - p[:, -2]
 

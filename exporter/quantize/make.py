@@ -24,6 +24,13 @@ import numpy as np
 from exporter import formats
 from exporter.errors import ResexportError, UsageError
 from exporter.fsutil import atomic_path, sha256_file
+from exporter.export import onnx as onx, tflite as tfl
+from exporter.export.conformance import write_checked
+from exporter.export.source import ExportSource
+from exporter.quantize.diagnose import DEFAULT_HOLDOUT, fallback_search, holdout, holdout_seen
+from exporter.quantize.judge import judge, top2_margin
+from exporter.run import Run
+from exporter.runtimes import load_runner
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +49,6 @@ class Int8Session:
                  qat_epochs: float | None = None, qat_steps: int | None = None, qat_lr: float | None = None):
         from exporter.quantize import qat
 
-        from exporter.run import Run
-
         self.run, self.source, self.dataset = Run.of(run), source, dataset
         self.calibration, self.target_cpu = calibration, target_cpu
         self.qat_epochs = qat_epochs
@@ -56,8 +61,6 @@ class Int8Session:
     # ------------------------------------------------------------------ shared state
     def holdout(self):
         if self._hold is None:
-            from exporter.quantize.diagnose import DEFAULT_HOLDOUT, holdout, holdout_seen
-
             hold, labels = holdout(self.run, self.dataset, self.calibration, DEFAULT_HOLDOUT)
             self._hold = (hold, labels, holdout_seen(self.run, self.dataset))
         return self._hold
@@ -66,9 +69,6 @@ class Int8Session:
         """The original's outputs on the hold-out; with one load of the model, its test-input margins
         too when the hold-out will be reweighted to them (difficulty)."""
         if self._ref is None:
-            from exporter.quantize.judge import top2_margin
-            from exporter.runtimes import load_runner
-
             runner = load_runner(self.source.path, kind=self.source.family)
             try:
                 self._ref = runner.predict_batched(self.holdout()[0].x, 256)
@@ -90,8 +90,6 @@ class Int8Session:
         if of not in self._difficulty:
             self._difficulty[of] = False
             if self.holdout()[2] is not False:
-                from exporter.quantize.judge import top2_margin
-
                 if of == "original":
                     self.reference()  # computes it with the hold-out's outputs (one load of the model)
                 else:
@@ -157,8 +155,6 @@ class Int8Session:
 
     # ------------------------------------------------------------------ remedies
     def _judge(self, out_path: Path, kind, reference=None, gates=None, of: str = "original") -> dict:
-        from exporter.runtimes import load_runner
-
         runner = load_runner(out_path, kind=kind.name)
         out = runner.predict_batched(self.holdout()[0].x, 256)
         runner.close()
@@ -167,8 +163,6 @@ class Int8Session:
     def _verdict(self, outputs: np.ndarray, kind, reference=None, gates=None, of: str = "original") -> dict:
         """Judged against `reference` (default: the original's outputs); `of` names whose outputs
         those are, for the difficulty matching."""
-        from exporter.quantize.judge import judge
-
         hold, labels, seen = self.holdout()
         ref = self.reference() if reference is None else reference
         return judge(ref, outputs, labels, self.dataset.class_names, gates or kind.gates,
@@ -179,9 +173,6 @@ class Int8Session:
                 **kind.load_exporter()(self.source, out, self.calibration, target_cpu=self.target_cpu)}
 
     def qat(self, kind, out: Path, judged: bool = True) -> dict:
-        from exporter.export import onnx as onx
-        from exporter.export import tflite as tfl
-
         qmodel, record, qat_ref = self.qat_model()
         if kind.family == "tflite":
             details = tfl.export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]))
@@ -205,14 +196,11 @@ class Int8Session:
         """The fewest layers kept float that pass. on='ptq': of the original model, judged against it.
         on='qat': of the fine-tuned model (its float twin quantised from calibration), judged by the
         two QAT claims: agreement with the fine-tuned model, drop against the original."""
-        from exporter.quantize.diagnose import fallback_search
-
         if on == "ptq":
             return {"int8": "fallback", "fallback_on": "ptq",
                     **fallback_search(kind=kind, source=self.source, out=out, calibration=self.calibration,
                                       dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
                                       reference=self.reference(), difficulty=self.difficulty())}
-        from exporter.export.source import ExportSource
         from exporter.quantize import qat
 
         qmodel, record, qat_ref = self.qat_model()
@@ -299,8 +287,6 @@ class Int8Session:
 
     def _place(self, candidate: Path, out: Path, kind: formats.ArtifactKind) -> None:
         """The chosen candidate file becomes the artifact, through the exporters' conformance gate."""
-        from exporter.export.conformance import write_checked
-
         write_checked(out, candidate.read_bytes(), kind.name, input_shape=self.source.input_shape,
                       num_classes=self.source.num_classes)
 

@@ -30,6 +30,10 @@ The rebuild (`build_qat_model`):
   nets (benchmarks/qat_drift.py) and their predictions agreed with it at only 95-96%;
 - nested functional/Sequential backbones are flattened into the one graph. Layers outside SUPPORTED
   are refused with a one-line error.
+
+The layer classes (`ActQuant`, `QConv`) live at module level in exporter.quantize.layers, registered with
+keras.saving there, so a saved QAT model opens after `import resexport`. This module imports Keras at its
+top (through them): modules the edge box imports (validate) import it inside the function that needs it.
 """
 
 from __future__ import annotations
@@ -37,13 +41,16 @@ from __future__ import annotations
 import logging
 import time
 
+import keras
 import numpy as np
 
-from exporter.errors import UsageError
+from exporter.errors import UsageError, require
+from exporter.export.source import tensorflow
+from exporter.quantize.layers import EMA_DECAY, ActQuant, QConv
+from exporter.quiet import native_stderr_hidden
 
 log = logging.getLogger(__name__)
 
-EMA_DECAY = 0.99
 DEFAULT_EPOCHS = 1
 DEFAULT_STEPS = 300          # steps of fine-tuning at most (batch DEFAULT_BATCH), whatever the epochs
 DEFAULT_BATCH = 64
@@ -71,172 +78,7 @@ ACTIVATIONS = ("relu", "relu6", "linear", "softmax", "sigmoid", "tanh", "swish",
 
 
 def _tf():
-    from exporter.export.source import tensorflow
-
     return tensorflow()
-
-
-# ------------------------------------------------------------------------------ layers
-
-def _layers():
-    """The QAT layer classes (made on first use: Keras and TensorFlow are imported lazily)."""
-    global _LAYERS
-    if _LAYERS is not None:
-        return _LAYERS
-    import keras
-
-    tf = _tf()
-
-    @keras.saving.register_keras_serializable(package="resexport")
-    class ActQuant(keras.layers.Layer):
-        """Fake-quantises its input to 8 bit with one range; the range is calibrated (min/max over
-        the calibration images while `calibrating`) then followed by an EMA in training."""
-
-        def __init__(self, tied: bool = False, fixed=None, **kw):
-            super().__init__(**kw)
-            self.tied = bool(tied)  # after an interpolating pass-through op: the input's range (sync_ranges)
-            # the range the int8 kernels fix for their output (LOGISTIC, SOFTMAX, TANH): never calibrated
-            self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
-            self.calibrating = False
-            self.bypass = False  # float_twin: the range is not applied
-
-        def get_config(self):
-            return {**super().get_config(), "tied": self.tied, "fixed": None if self.fixed is None else list(self.fixed)}
-
-        def build(self, shape):
-            lo, hi = self.fixed or (0.0, 0.0)
-            self.amin = self.add_weight(shape=(), initializer=keras.initializers.Constant(lo), trainable=False,
-                                        name="amin")
-            self.amax = self.add_weight(shape=(), initializer=keras.initializers.Constant(hi), trainable=False,
-                                        name="amax")
-            self.seen = self.add_weight(shape=(), initializer="zeros", trainable=False, name="seen")
-
-        def call(self, x, training=False):
-            if self.bypass:
-                return x
-            if self.fixed is not None:
-                return x if self.calibrating else tf.quantization.fake_quant_with_min_max_vars(
-                    x, self.fixed[0], self.fixed[1], num_bits=8, narrow_range=False)
-            if self.calibrating and not self.tied:
-                lo, hi = tf.reduce_min(x), tf.reduce_max(x)
-                first = self.seen < 0.5
-                self.amin.assign(tf.where(first, lo, tf.minimum(self.amin, lo)))
-                self.amax.assign(tf.where(first, hi, tf.maximum(self.amax, hi)))
-                self.seen.assign(1.0)
-                return x
-            if self.calibrating:
-                return x
-            if training and not self.tied:
-                lo, hi = tf.minimum(tf.reduce_min(x), 0.0), tf.maximum(tf.reduce_max(x), 0.0)
-                self.amin.assign(EMA_DECAY * self.amin + (1 - EMA_DECAY) * lo)
-                self.amax.assign(EMA_DECAY * self.amax + (1 - EMA_DECAY) * hi)
-            lo = tf.minimum(self.amin, 0.0)  # the range holds 0 (an exact zero point), whatever was seen
-            hi = tf.maximum(tf.maximum(self.amax, 0.0), lo + 1e-6)
-            if self.tied:  # interpolated ties round up in every runtime (see round_half_up_after_resize)
-                x = x + (hi - lo) / (255.0 * 1024.0)
-            return tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=False)
-
-    def wquant(kernel, per_channel: bool):
-        """Symmetric narrow-range int8 fake quant of a kernel whose last axis is the output channel."""
-        if per_channel:
-            m = tf.maximum(tf.reduce_max(tf.abs(tf.reshape(kernel, (-1, tf.shape(kernel)[-1]))), axis=0), 1e-8)
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(kernel, -m, m, num_bits=8,
-                                                                             narrow_range=True)
-        m = tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-8)
-        return tf.quantization.fake_quant_with_min_max_vars(kernel, -m, m, num_bits=8, narrow_range=True)
-
-    def weight_scale(kernel, per_channel: bool):
-        """The int8 step of a kernel (last axis = output channel), as wquant's fake quant makes it."""
-        if per_channel:
-            return tf.maximum(tf.reduce_max(tf.abs(tf.reshape(kernel, (-1, tf.shape(kernel)[-1]))), axis=0), 1e-8) / 127.0
-        return tf.maximum(tf.reduce_max(tf.abs(kernel)), 1e-8) / 127.0
-
-    @keras.saving.register_keras_serializable(package="resexport")
-    class QConv(keras.layers.Layer):
-        """Conv2D (groups 1), DepthwiseConv2D (kernel kh,kw,in,mult) or Dense with fake-quantised
-        weights, a fused relu/relu6/linear activation, and the bias on the int32 grid both runtimes
-        store it on (step = input scale x weight scale, `in_scale` kept by sync_ranges; 0 = float
-        bias). Rounding the bias matters: BN folding can make that step a sizeable part of an
-        output step, and on mobile nets a float bias alone moved ~4% of predictions."""
-
-        def __init__(self, op: str, kernel=None, bias=None, strides=(1, 1), padding="valid", dilation=(1, 1),
-                     activation="linear", kernel_shape=None, bias_shape=None, **kw):
-            super().__init__(**kw)
-            self.op, self.strides, self.padding = op, tuple(strides), padding.upper()
-            self.dilation, self.activation = tuple(dilation), activation
-            self._k0 = None if kernel is None else np.asarray(kernel, np.float32)
-            self._b0 = None if bias is None else np.asarray(bias, np.float32)
-            self.kernel_shape = tuple(kernel_shape or self._k0.shape)
-            self.bias_shape = tuple(bias_shape or self._b0.shape)
-            self.frozen_weights = False  # export: weights already rounded (ONNX route)
-
-        def get_config(self):
-            return {**super().get_config(), "op": self.op, "strides": list(self.strides), "padding": self.padding,
-                    "dilation": list(self.dilation), "activation": self.activation,
-                    "kernel_shape": list(self.kernel_shape), "bias_shape": list(self.bias_shape)}
-
-        def build(self, shape):
-            def init(v):
-                return "zeros" if v is None else keras.initializers.Constant(v)
-
-            self.kernel = self.add_weight(shape=self.kernel_shape, initializer=init(self._k0), name="kernel")
-            self.bias = self.add_weight(shape=self.bias_shape, initializer=init(self._b0), name="bias")
-            self.in_scale = self.add_weight(shape=(), initializer="zeros", trainable=False, name="in_scale")
-
-        def load_own_variables(self, store):
-            if len(store) == 2:  # saved before in_scale existed: float bias, as it was fine-tuned
-                self.kernel.assign(store["0"])
-                self.bias.assign(store["1"])
-                self.in_scale.assign(0.0)
-                return
-            super().load_own_variables(store)
-
-        def quantized_kernel(self):
-            k = self.kernel
-            if self.op == "dense":  # per output unit: TFLite's converter re-quantises FC weights per channel
-                return wquant(k, per_channel=True)
-            if self.op == "depthwise":
-                kh, kw, cin, mult = self.kernel_shape
-                flat = tf.reshape(k, (kh, kw, 1, cin * mult))
-                return tf.reshape(wquant(flat, per_channel=True), (kh, kw, cin, mult))
-            return wquant(k, per_channel=True)
-
-        def _flat_kernel(self, k):
-            if self.op == "depthwise":
-                kh, kw, cin, mult = self.kernel_shape
-                return tf.reshape(k, (kh, kw, 1, cin * mult))
-            return k
-
-        def quantized_bias(self, k):
-            """The bias on its int32 grid (straight-through gradient); the float bias while in_scale is 0."""
-            b = tf.convert_to_tensor(self.bias)
-            step = self.in_scale * weight_scale(self._flat_kernel(k), per_channel=True)
-            safe = tf.where(step > 0, step, tf.ones_like(step))
-            on_grid = tf.where(step > 0, tf.round(b / safe) * safe, b)
-            return b + tf.stop_gradient(on_grid - b)
-
-        def call(self, x):
-            k = tf.convert_to_tensor(self.kernel) if self.frozen_weights else self.quantized_kernel()
-            bias = tf.convert_to_tensor(self.bias) if self.frozen_weights else self.quantized_bias(k)
-            if self.op == "dense":
-                y = tf.matmul(x, k)
-            elif self.op == "depthwise":
-                y = tf.nn.depthwise_conv2d(x, k, strides=(1, *self.strides, 1), padding=self.padding,
-                                           dilations=self.dilation)
-            else:
-                y = tf.nn.conv2d(x, k, strides=self.strides, padding=self.padding, dilations=self.dilation)
-            y = tf.nn.bias_add(y, bias)
-            if self.activation == "relu":
-                y = tf.nn.relu(y)
-            elif self.activation == "relu6":
-                y = tf.nn.relu6(y)
-            return y
-
-    _LAYERS = {"ActQuant": ActQuant, "QConv": QConv}
-    return _LAYERS
-
-
-_LAYERS = None
 
 
 # ------------------------------------------------------------------------------ graph
@@ -251,8 +93,6 @@ class _Node:
 
 
 def _is_model(op) -> bool:
-    import keras
-
     return isinstance(op, keras.Model)
 
 
@@ -342,8 +182,6 @@ def _affine(node: _Node) -> tuple[np.ndarray, np.ndarray]:
     op = node.op
     channels = int(node.node.input_tensors[0].shape[-1])
     if node.type == "Normalization":  # Keras: (x - mean) / max(sqrt(variance), epsilon)
-        import keras
-
         mean = np.broadcast_to(np.asarray(op.mean, np.float64).reshape(-1), (channels,))
         std = np.maximum(np.sqrt(np.broadcast_to(np.asarray(op.variance, np.float64).reshape(-1), (channels,))),
                          keras.backend.epsilon())
@@ -358,10 +196,7 @@ def _affine(node: _Node) -> tuple[np.ndarray, np.ndarray]:
 def build_qat_model(model):
     """The QAT rebuild of `model` (see the module doc). Returns (qat_model, notes): notes counts what
     was folded and converted. The new model's weights start from the original's."""
-    import keras
-
     check_supported(model)
-    L = _layers()
     nodes, input_ids, output_ids = trace(model)
     consumers: dict[int, list[_Node]] = {}
     for n in nodes:
@@ -405,11 +240,11 @@ def build_qat_model(model):
 
     def aq(x, base, tied=False):
         notes["tied_ranges" if tied else "activation_ranges"] += 1
-        return L["ActQuant"](tied=tied, name=uname(f"{base}_aq"))(x)
+        return ActQuant(tied=tied, name=uname(f"{base}_aq"))(x)
 
     def fixed(x, act, base):
         notes["fixed_ranges"] += 1
-        return L["ActQuant"](fixed=FIXED_RANGES[act], name=uname(f"{base}_{act}_aq"))(x)
+        return ActQuant(fixed=FIXED_RANGES[act], name=uname(f"{base}_{act}_aq"))(x)
 
     def activation(x, act, base):
         """`act` on a quantised tensor as the int8 kernels compute it: (output, whether it already
@@ -453,7 +288,7 @@ def build_qat_model(model):
             fused = act if act in FUSABLE_ACTIVATIONS else "linear"
             kw = {} if kind == "dense" else {"strides": op.strides, "padding": op.padding,
                                              "dilation": op.dilation_rate}
-            y = L["QConv"](kind, kernel, bias, activation=fused, name=uname(f"{name}_q"), **kw)(env[x_ids[0]])
+            y = QConv(kind, kernel, bias, activation=fused, name=uname(f"{name}_q"), **kw)(env[x_ids[0]])
             notes["weight_layers"] += 1
             has_range = False
             if act not in FUSABLE_ACTIVATIONS:
@@ -468,7 +303,7 @@ def build_qat_model(model):
                 raise UsageError(f"QAT cannot rebuild {t} '{name}' on a {len(n.node.input_tensors[0].shape)}-D "
                                  "tensor that does not follow a Conv/Dense", hint="use --int8 ptq or fallback")
             scale, shift = _affine(n)
-            y = L["QConv"]("depthwise", scale.reshape(1, 1, -1, 1), shift, name=uname(f"{name}_q"))(env[x_ids[0]])
+            y = QConv("depthwise", scale.reshape(1, 1, -1, 1), shift, name=uname(f"{name}_q"))(env[x_ids[0]])
             notes["bn_as_depthwise" if t == "BatchNormalization" else "normalization_as_depthwise"] += 1
             notes["weight_layers"] += 1
             env[n.outputs[0]] = y if fused_into_reader(n.outputs[0]) else aq(y, name)
@@ -500,8 +335,6 @@ def build_qat_model(model):
 
 
 def _map_args(n: _Node, env):
-    import keras
-
     def sub(x):
         if keras.utils.is_keras_tensor(x):
             return env[n.ids[id(x)]]
@@ -515,13 +348,12 @@ def _map_args(n: _Node, env):
 
 
 def act_quant_layers(qat_model):
-    cls = _layers()["ActQuant"]
-    return [l for l in qat_model.layers if isinstance(l, cls)]
+    return [l for l in qat_model.layers if isinstance(l, ActQuant)]
 
 
 def _upstream_range(tensor):
     """The ActQuant whose grid `tensor` lies on (through pass-through layers), or None."""
-    cls = _layers()["ActQuant"]
+    cls = ActQuant
     while True:
         op = tensor._keras_history[0]
         if isinstance(op, cls) and not op.tied:
@@ -534,10 +366,9 @@ def _upstream_range(tensor):
 def range_links(qat_model) -> list[tuple]:
     """(layer, the ActQuant it takes its scale from): every QConv (its input's scale sets its bias
     grid) and every tied ActQuant (it rounds onto its input's grid)."""
-    L = _layers()
     links = []
     for layer in qat_model.layers:
-        if isinstance(layer, L["QConv"]) or (isinstance(layer, L["ActQuant"]) and layer.tied):
+        if isinstance(layer, QConv) or (isinstance(layer, ActQuant) and layer.tied):
             src = _upstream_range(layer._inbound_nodes[0].input_tensors[0])
             if src is not None:
                 links.append((layer, src))
@@ -553,9 +384,8 @@ def range_step(aq) -> float:
 
 def sync_ranges(qat_model, links=None) -> None:
     """Copy each range to the layers that follow it: QConv.in_scale (bias grid) and tied ranges."""
-    L = _layers()
     for layer, src in range_links(qat_model) if links is None else links:
-        if isinstance(layer, L["QConv"]):
+        if isinstance(layer, QConv):
             layer.in_scale.assign(range_step(src))
         else:
             layer.amin.assign(src.amin)
@@ -582,8 +412,6 @@ def fine_tune(qat_model, x: np.ndarray, y: np.ndarray, *, epochs: int = DEFAULT_
               output: str = "probabilities", seed: int = 0) -> dict:
     """Fine-tune with simulated int8: Adam at `lr`, sparse cross-entropy on the model's own output
     convention, `epochs` passes over (x, y) capped at `steps` steps in all. Returns what was done."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     n = len(x)
     per_epoch = max(1, int(np.ceil(n / batch_size)))
@@ -630,8 +458,6 @@ def tflite_bytes(qat_model, input_shape) -> bytes:
     """The full-int8 TFLite file of a QAT model: int8 input and output, every op int8, the ranges
     the fake-quant ops carry (no calibration pass). from_concrete_functions WITHOUT the trackable
     object: with it the converter misses the QAT graph."""
-    from exporter.quiet import native_stderr_hidden
-
     tf = _tf()
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(qat_model, input_shape)])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -644,9 +470,8 @@ def tflite_bytes(qat_model, input_shape) -> bytes:
 def freeze_weights(qat_model) -> None:
     """Round every kernel to its int8 grid in place (fake quant applied once, then off): the form
     tf2onnx exports, whose weights onnx_weight_qdq turns back into int8 initialisers."""
-    cls = _layers()["QConv"]
     for layer in qat_model.layers:
-        if isinstance(layer, cls) and not layer.frozen_weights:
+        if isinstance(layer, QConv) and not layer.frozen_weights:
             k = layer.quantized_kernel()
             layer.bias.assign(layer.quantized_bias(k))
             layer.kernel.assign(k)
@@ -657,17 +482,14 @@ def float_twin(qat_model):
     """The fine-tuned model computed in float: a copy of `qat_model` whose kernels sit on their int8
     grid and whose activation ranges are not applied. The base of a float fallback on top of QAT
     (the converters quantise it again from calibration, with some layers kept float)."""
-    import keras
-
-    _layers()
     twin = keras.Model.from_config(qat_model.get_config())
     twin.set_weights(qat_model.get_weights())
     for layer in twin.layers:
-        if isinstance(layer, _LAYERS["QConv"]):
+        if isinstance(layer, QConv):
             layer.kernel.assign(layer.quantized_kernel())
             layer.in_scale.assign(0.0)  # float bias: the converters put it on their own grid again
             layer.frozen_weights = True
-        elif isinstance(layer, _LAYERS["ActQuant"]):
+        elif isinstance(layer, ActQuant):
             layer.bypass = True
     return twin
 
@@ -678,8 +500,6 @@ def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 1
     model's kernels are rounded to their int8 grid in place (which changes nothing it computes).
     reduce_range: 7-bit weights (-63..63) for ONNX Runtime on AVX2 CPUs without VNNI, whose u8 x s8
     kernels saturate full-range weights (--target-cpu avx2): the fine-tuned weights re-rounded."""
-    from exporter.errors import require
-
     tf = _tf()
     tf2onnx = require("tf2onnx", extra="full", purpose="ONNX export")
     freeze_weights(qat_model)
@@ -693,7 +513,7 @@ def onnx_proto(qat_model, input_shape, input_name: str = "image", opset: int = 1
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
     finally:  # the kernels stay on their grid; fake quant on again (idempotent) for later exports
         for layer in qat_model.layers:
-            if isinstance(layer, _layers()["QConv"]):
+            if isinstance(layer, QConv):
                 layer.frozen_weights = False
     onnx_weight_qdq(proto, levels=63 if reduce_range else 127)
     round_half_up_after_resize(proto)

@@ -1,6 +1,8 @@
 """Which data a command works on: `--data NAME|FOLDER|FILE.npz`, opened once, with the preprocessing
 that goes with it: decided by exporter.data.preprocessing.decide (from the model at convert/import, from
-the images at train) and read back from the run's manifest by every later stage (validate, bench, predict)."""
+the images at train). Later stages (validate, bench, predict) open the run's data through
+exporter.run.open_for_run, which reads the run's record and asks this module: data never imports the run.
+(Named `choose`, not `select`: no module here carries a standard-library name.)"""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 from pathlib import Path
 
 from exporter.data import datasets as data_mod
+from exporter.data.own import open_source as open_own_source
 from exporter.data.preprocessing import Preprocessing, decide
 from exporter.errors import UsageError
 
@@ -45,8 +48,6 @@ def open_source(spec: str | None, *, test_split: float | None = None):
     _check_spec(spec)
     if data_mod.is_builtin_name(spec):
         return None
-    from exporter.data.own import open_source as open_own_source
-
     path = Path(spec)
     if not _SCANNED:
         return open_own_source(path, test_split=test_split)
@@ -94,22 +95,3 @@ def open_data(spec: str | None, *, pp: Preprocessing | None = None, scale: str |
                            detected_by=f"--scale {scale}" if scale else "default 0..1; the data's own image size")
     ds = data_mod.open_own(spec, pp, test_split=test_split, calib_data=calib_data, source=source)
     return data_mod.subset(ds, train_limit=train_limit, test_limit=test_limit)
-
-
-def run_preprocessing(man: dict) -> Preprocessing | None:
-    rec = man.get("preprocessing")
-    return Preprocessing.from_dict(rec) if rec else None
-
-
-def open_for_run(run, *, data: str | None = None, data_dir=None, test_limit: int | None = None) -> data_mod.Dataset:
-    """The run's own data (as recorded in its manifest) or `data`, with the run's preprocessing."""
-    from exporter.run import Run
-
-    run = Run.of(run)
-    pp = run.recorded_preprocessing
-    origin = run.data_origin
-    if data is None:
-        spec = origin.get("path") or run.dataset_name or DEFAULT_DATASET
-        return open_data(spec, pp=pp, data_dir=data_dir, test_split=origin.get("test_split"),
-                         calib_data=origin.get("calib_data"), test_limit=test_limit)
-    return open_data(data, pp=pp, data_dir=data_dir, test_limit=test_limit)
