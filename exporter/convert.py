@@ -147,7 +147,7 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: 
     return key
 
 
-APP_FORMAT = 1  # bumped when what conformance.app_ready writes changes (files made before are re-made)
+APP_FORMAT = 1  # bumped when what export.app.app_ready writes changes (files made before are re-made)
 CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
 
 
