@@ -127,6 +127,8 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("tensorflow", ("savedmodel",), f"{_RT}.keras:SavedModelRunner", description="TensorFlow SavedModel"),
     Runtime("litert", ("tflite",), f"{_RT}.tflite:TFLiteRunner", description="LiteRT (ai-edge-litert), XNNPACK"),
     Runtime("onnxruntime", ("onnx",), f"{_RT}.onnx:OnnxRunner", description="ONNX Runtime"),
+    Runtime("openvino", ("onnx", "tflite"), f"{_RT}.openvino:OpenVINORunner", package="openvino",
+            extra="openvino", description="OpenVINO, CPU, f32 precision hint"),
 )}
 
 EXPORTABLE = [k for k in KINDS.values() if k.exporter]
