@@ -184,9 +184,10 @@ def validate(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | No
              data: PathLike | None = None, limit: int | None = None, batch_size: int = 256,
              threads: int | None = None, max_drop: float | None = None, min_agreement: float | None = None,
              max_abs_diff: float | None = None, check: bool = False, unsafe: bool = False,
-             progress: Progress = NULL) -> Validation:
+             runtimes: Iterable[str] | None = None, progress: Progress = NULL) -> Validation:
     """Validate the run's artifacts against its reference model on the test set (all of it, or a
-    stratified sample of `limit` images). Writes validation.json. With check=True, a failing artifact
+    stratified sample of `limit` images), each on every runtime that reads it (or on `runtimes`).
+    Writes validation.json. With check=True, a failing artifact
     raises ValidationFailed (what the CLI's exit code 4 is) instead of returning passed=False."""
     from exporter.run import open_for_run
     from exporter.validate import failure_summary, validate as validate_stage
@@ -196,19 +197,21 @@ def validate(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | No
     report = validate_stage(run=target, dataset=dataset, kinds=list(artifacts) if artifacts else None,
                             overrides={"max_drop": max_drop, "min_agreement": min_agreement,
                                        "max_abs_diff": max_abs_diff},
-                            batch_size=batch_size, threads=threads, unsafe=unsafe, progress=progress)
+                            batch_size=batch_size, threads=threads, unsafe=unsafe, progress=progress,
+                            runtimes=list(runtimes) if runtimes else None)
     if check and not report["passed"]:
         raise ValidationFailed(f"{failure_summary(report)} (details in {target}/validation.json)")
     return Validation(run=target, passed=report["passed"], reference_accuracy=report["reference"]["accuracy"],
-                      artifacts={r["kind"]: r for r in report["artifacts"]}, warnings=report.get("warnings", []),
+                      artifacts={r.get("target", r["kind"]): r for r in report["artifacts"]}, warnings=report.get("warnings", []),
                       report=report)
 
 
 def bench(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | None = None,
           batches: Iterable[int] = (1, 8, 64), device: str = "cpu", threads: int | None = None,
           warmup: int = 5, min_runs: int = 20, min_time: float = 1.0, reference: bool = True,
-          strict: bool = False, progress: Progress = NULL) -> Bench:
-    """Time the run's artifacts (and the Keras reference) on real test images. Writes bench.json."""
+          strict: bool = False, runtimes: Iterable[str] | None = None, progress: Progress = NULL) -> Bench:
+    """Time the run's artifacts (and the Keras reference) on real test images, each on every runtime that
+    reads it (or on `runtimes`). Writes bench.json."""
     from exporter.bench import BenchConfig, bench as bench_stage
     from exporter.run import open_for_run
 
@@ -216,7 +219,8 @@ def bench(run: Run | PathLike | None = None, *, artifacts: Iterable[str] | None 
     cfg = BenchConfig(batches=tuple(int(b) for b in batches), warmup=warmup, min_runs=min_runs, min_time=min_time,
                       threads=threads, device=device)
     report = bench_stage(run=target, dataset=open_for_run(target), kinds=list(artifacts) if artifacts else None,
-                         cfg=cfg, strict=strict, include_reference=reference, progress=progress)
+                         cfg=cfg, strict=strict, include_reference=reference, progress=progress,
+                         runtimes=list(runtimes) if runtimes else None)
     return Bench(run=target, rows=report["results"], skipped=report["skipped"], environment=report["environment"],
                  report=report)
 

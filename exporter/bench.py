@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from exporter import data as data_mod
+from exporter import formats
 from exporter import manifest as mf
 from exporter.errors import MissingRuntimeError, UsageError
 from exporter.fsutil import sha256_path, write_json_atomic
@@ -116,22 +117,27 @@ KERAS_MODES = ("predict", "compiled")  # model.predict, and the backend's compil
 
 @dataclass(frozen=True)
 class Target:
-    """Something to time: an artifact kind from the formats table, and for the Keras reference the
-    way it is called (`mode`: predict or compiled). Results and speed-ups are keyed by (kind, mode)."""
+    """Something to time: an artifact kind from the formats table, the runtime it runs on (None: the
+    family's own), and for the Keras reference the way it is called (`mode`: predict or compiled).
+    Results are labelled by target; speed-ups are keyed by (kind, mode)."""
     kind: str
     path: Path
     mode: str | None = None
+    runtime: str | None = None
 
     @property
     def label(self) -> str:
-        return f"{self.kind} ({self.mode})" if self.mode else self.kind
+        if self.mode:
+            return f"{self.kind} ({self.mode})"
+        return formats.target_label(self.kind, self.runtime) if self.runtime else self.kind
 
     @property
     def options(self) -> dict:
         return {"mode": self.mode} if self.mode else {}
 
 
-def targets_for(run: Run, kinds: list[str] | None, include_reference: bool = True) -> list[Target]:
+def targets_for(run: Run, kinds: list[str] | None, include_reference: bool = True,
+                runtimes: list[str] | None = None) -> list[Target]:
     out = []
     ref_kind, ref_path = run.model_format, run.model_path
     if include_reference:
@@ -144,9 +150,9 @@ def targets_for(run: Run, kinds: list[str] | None, include_reference: bool = Tru
     missing = [k for k in chosen if k not in available and k not in ("keras", "savedmodel")]
     if missing:
         raise UsageError(f"{run} has no artifact {', '.join(missing)}", hint=f"available: {', '.join(available)}")
-    for k in chosen:
-        if k in available:
-            out.append(Target(k, run.artifact_path(k)))
+    chosen = [k for k in chosen if k in available]
+    out.extend(Target(k, run.artifact_path(k), runtime=rt) for k, rt in formats.targets(chosen, runtimes,
+                                                                                       explicit_kinds=bool(kinds)))
     return out
 
 
@@ -154,8 +160,8 @@ def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None
     """Cold start, then every batch size, for one target. Raises MissingRuntimeError if it cannot
     run on cfg.device (the caller records that as skipped)."""
     t0 = time.perf_counter()
-    runner: Runner = load_runner(target.path, kind=target.kind, device=cfg.device, threads=cfg.threads,
-                                 **target.options)
+    runner: Runner = load_runner(target.path, kind=target.kind, runtime=target.runtime, device=cfg.device,
+                                 threads=cfg.threads, **target.options)
     load_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     runner.predict(images[:1])
@@ -163,11 +169,13 @@ def bench_target(target: Target, images: np.ndarray, cfg: BenchConfig, task=None
     rows = []
     for batch in cfg.batches:
         stats = time_calls(runner.predict, images, batch, cfg)
-        rows.append({"target": target.label, "kind": target.kind, "mode": target.mode, "batch": batch, **stats,
+        rows.append({"target": target.label, "kind": target.kind, "mode": target.mode,
+                     "runtime": runner.info.get("runtime"), "batch": batch, **stats,
                      "cold_start_ms": (load_s + first_s) * 1e3, "load_ms": load_s * 1e3,
                      "first_inference_ms": first_s * 1e3, "engine": runner.info.get("engine"),
                      "provider": runner.info.get("provider"), "device": cfg.device,
-                     "threads": runner.info.get("threads"), "precision": runner.info.get("precision")})
+                     "threads": runner.info.get("threads"), "precision": runner.info.get("precision"),
+                     **({"precision_hint": runner.info["precision_hint"]} if "precision_hint" in runner.info else {})})
         if task is not None:
             task.advance()
     runner.close()
@@ -183,13 +191,13 @@ def bench_inputs(targets: list[Target], cfg: BenchConfig, env: dict) -> dict:
 
 def bench(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None, cfg: BenchConfig = BenchConfig(),
           strict: bool = False, include_reference: bool = True, progress: Progress = NULL,
-          write: bool = True, reuse: bool = False) -> dict:
-    """Time every target of the run. Writes bench.json (unless write=False). With reuse=True, a
+          write: bool = True, reuse: bool = False, runtimes: list[str] | None = None) -> dict:
+    """Time every target of the run: each kind on every runtime that reads it (or those of `runtimes`). Writes bench.json (unless write=False). With reuse=True, a
     bench.json made from the same inputs (its inputs_key) is returned as it is, marked "reused"."""
     cfg.check()
     cfg = cfg.resolved()
     run = Run.of(run)
-    targets = targets_for(run, kinds, include_reference)
+    targets = targets_for(run, kinds, include_reference, runtimes)
     env = environment(cfg.device)
     inputs = bench_inputs(targets, cfg, env)
     key = mf.inputs_key(inputs)
@@ -207,7 +215,8 @@ def bench(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None
             except MissingRuntimeError as exc:
                 if strict:
                     raise
-                skipped.append({"target": t.label, "kind": t.kind, "mode": t.mode, "reason": exc.one_line()})
+                skipped.append({"target": t.label, "kind": t.kind, "mode": t.mode, "runtime": t.runtime,
+                                "reason": exc.one_line()})
                 task.advance(len(cfg.batches))
     if not rows:
         reasons = "; ".join(f"{s['target']}: {s['reason']}" for s in skipped)

@@ -340,6 +340,10 @@ def validate(
     dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
+    runtimes: Optional[List[str]] = typer.Option(None, "--runtimes", "--runtime", help="Runtimes to run each "
+                                                 "file on (comma-separated or repeated; default: every installed one "
+                                                 "that reads it; one named but not installed: exit 5). "
+                                                 f"{formats.runtimes_help()}."),
     json_out: bool = JSON_OPT,
 ):
     from exporter.run import Run
@@ -351,7 +355,8 @@ def validate(
     ds = _run_dataset(run, data_dir, test_limit, data=dataset)
     report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
                          overrides={"max_drop": max_drop, "min_agreement": min_agreement,
-                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=progress(json_out))
+                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=progress(json_out),
+                         runtimes=_split(runtimes))
     if json_out:
         print_json(report)
     else:
@@ -385,6 +390,10 @@ def bench(
                                    "(model.predict and the compiled predict_on_batch)."),
     dataset: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
+    runtimes: Optional[List[str]] = typer.Option(None, "--runtimes", "--runtime", help="Runtimes to run each "
+                                                 "file on (comma-separated or repeated; default: every installed one "
+                                                 "that reads it; one named but not installed: exit 5). "
+                                                 f"{formats.runtimes_help()}."),
     json_out: bool = JSON_OPT,
 ):
     """Time every artifact and the Keras original on real test images: p50/p90/p99/mean/std latency,
@@ -397,7 +406,7 @@ def bench(
     cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
                       threads=threads, device=device)
     report = bench_fn(run=run, dataset=_run_dataset(run, data_dir, data=dataset), kinds=_split(artifacts), cfg=cfg, strict=strict,
-                      include_reference=reference, progress=progress(json_out))
+                      include_reference=reference, progress=progress(json_out), runtimes=_split(runtimes))
     if json_out:
         print_json(report)
         return

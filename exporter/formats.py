@@ -2,15 +2,22 @@
 
 Each row names its exporter and its runner as "module:attribute" strings, imported only when used,
 so looking up a kind never imports TensorFlow or a runtime.
+
+Runtimes are a second, small table: which families each one reads and its runner. A family's own
+runtime (the first that reads it, with no `package`) runs every file of the family; a runtime that
+reads a family beside it (e.g. OpenVINO reading .onnx) runs those files too, by default where its
+package is importable. Validate and bench work on targets, (kind, runtime) pairs, and never ask
+which runtime they are running.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from exporter.errors import UsageError
+from exporter.errors import MissingRuntimeError, UsageError
 
 
 @dataclass(frozen=True)
@@ -40,7 +47,6 @@ class ArtifactKind:
     quantize: str        # none | float16 | dynamic | int8
     filename: str        # file name inside a run folder
     exporter: str | None  # "module:function" (source, out_path, calibration) -> dict of details
-    runner: str          # "module:Class" with Class.load(path, ...)
     gates: Gates
     description: str
 
@@ -51,8 +57,34 @@ class ArtifactKind:
     def load_exporter(self):
         return _load(self.exporter)
 
+    @property
+    def runtime(self) -> str:
+        """The name of the family's own runtime (the results of other runtimes are labelled with theirs)."""
+        return own_runtime(self.family).name
+
+    def load_runner_class(self):
+        return own_runtime(self.family).load_runner_class()
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str                 # e.g. "onnxruntime": the results' `runtime`, the --runtimes choice
+    reads: tuple[str, ...]    # families whose files it runs
+    runner: str               # "module:Class" with Class.load(path, device=, threads=, ...)
+    package: str | None = None  # a runtime beside a family's own: run by default only where this imports
+    extra: str | None = None    # the project's optional extra that installs `package`
+    description: str = ""
+
     def load_runner_class(self):
         return _load(self.runner)
+
+    @property
+    def installed(self) -> bool:
+        """Whether its package can be imported here (found, not imported: looking costs nothing)."""
+        try:
+            return self.package is None or importlib.util.find_spec(self.package) is not None
+        except (ImportError, ValueError):
+            return False
 
 
 def _load(dotted: str):
@@ -70,24 +102,33 @@ _ONX = "exporter.export.onnx"
 _RT = "exporter.runtimes"
 
 KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
-    ArtifactKind("keras", "keras", "none", "model.keras", None, f"{_RT}.keras:KerasRunner", Gates(),
-                 "the Keras original (reference)"),
-    ArtifactKind("savedmodel", "savedmodel", "none", "saved_model", None, f"{_RT}.keras:SavedModelRunner",
-                 Gates(), "a TensorFlow SavedModel (reference when imported)"),
-    ArtifactKind("tflite-fp32", "tflite", "none", "model_fp32.tflite", f"{_TFL}:export_fp32",
-                 f"{_RT}.tflite:TFLiteRunner", _FP32, "TFLite, float32"),
-    ArtifactKind("tflite-fp16", "tflite", "float16", "model_fp16.tflite", f"{_TFL}:export_fp16",
-                 f"{_RT}.tflite:TFLiteRunner", _FP16, "TFLite, float16 weights (float32 compute on CPU)"),
-    ArtifactKind("tflite-dynamic", "tflite", "dynamic", "model_dynamic.tflite", f"{_TFL}:export_dynamic",
-                 f"{_RT}.tflite:TFLiteRunner", _DYNAMIC, "TFLite, int8 weights, dynamic-range activations"),
-    ArtifactKind("tflite-int8", "tflite", "int8", "model_int8.tflite", f"{_TFL}:export_int8",
-                 f"{_RT}.tflite:TFLiteRunner", _INT8, "TFLite, full integer: int8 input, output, weights, activations"),
-    ArtifactKind("onnx-fp32", "onnx", "none", "model.onnx", f"{_ONX}:export_fp32",
-                 f"{_RT}.onnx:OnnxRunner", _FP32, "ONNX, float32, dynamic batch"),
-    ArtifactKind("onnx-fp16", "onnx", "float16", "model_fp16.onnx", f"{_ONX}:export_fp16",
-                 f"{_RT}.onnx:OnnxRunner", _FP16, "ONNX, float16 inside, float32 input/output"),
-    ArtifactKind("onnx-int8", "onnx", "int8", "model_int8.onnx", f"{_ONX}:export_int8",
-                 f"{_RT}.onnx:OnnxRunner", _INT8, "ONNX Runtime static quantisation: QDQ, per-channel, calibrated"),
+    ArtifactKind("keras", "keras", "none", "model.keras", None, Gates(), "the Keras original (reference)"),
+    ArtifactKind("savedmodel", "savedmodel", "none", "saved_model", None, Gates(),
+                 "a TensorFlow SavedModel (reference when imported)"),
+    ArtifactKind("tflite-fp32", "tflite", "none", "model_fp32.tflite", f"{_TFL}:export_fp32", _FP32,
+                 "TFLite, float32"),
+    ArtifactKind("tflite-fp16", "tflite", "float16", "model_fp16.tflite", f"{_TFL}:export_fp16", _FP16,
+                 "TFLite, float16 weights (float32 compute on CPU)"),
+    ArtifactKind("tflite-dynamic", "tflite", "dynamic", "model_dynamic.tflite", f"{_TFL}:export_dynamic", _DYNAMIC,
+                 "TFLite, int8 weights, dynamic-range activations"),
+    ArtifactKind("tflite-int8", "tflite", "int8", "model_int8.tflite", f"{_TFL}:export_int8", _INT8,
+                 "TFLite, full integer: int8 input, output, weights, activations"),
+    ArtifactKind("onnx-fp32", "onnx", "none", "model.onnx", f"{_ONX}:export_fp32", _FP32,
+                 "ONNX, float32, dynamic batch"),
+    ArtifactKind("onnx-fp16", "onnx", "float16", "model_fp16.onnx", f"{_ONX}:export_fp16", _FP16,
+                 "ONNX, float16 inside, float32 input/output"),
+    ArtifactKind("onnx-int8", "onnx", "int8", "model_int8.onnx", f"{_ONX}:export_int8", _INT8,
+                 "ONNX Runtime static quantisation: QDQ, per-channel, calibrated"),
+)}
+
+# Runtimes, each family's own first. A row with a `package` runs beside the family's own runtime.
+RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
+    Runtime("keras", ("keras",), f"{_RT}.keras:KerasRunner", description="Keras 3 on its backend"),
+    Runtime("tensorflow", ("savedmodel",), f"{_RT}.keras:SavedModelRunner", description="TensorFlow SavedModel"),
+    Runtime("litert", ("tflite",), f"{_RT}.tflite:TFLiteRunner", description="LiteRT (ai-edge-litert), XNNPACK"),
+    Runtime("onnxruntime", ("onnx",), f"{_RT}.onnx:OnnxRunner", description="ONNX Runtime"),
+    Runtime("openvino", ("onnx", "tflite"), f"{_RT}.openvino:OpenVINORunner", package="openvino",
+            extra="openvino", description="OpenVINO, CPU, f32 precision hint"),
 )}
 
 EXPORTABLE = [k for k in KINDS.values() if k.exporter]
@@ -113,6 +154,52 @@ def get(name: str) -> ArtifactKind:
     if name not in KINDS:
         raise UsageError(f"unknown artifact kind '{name}'", hint=f"choose from: {', '.join(KINDS)}")
     return KINDS[name]
+
+
+def own_runtime(family: str) -> Runtime:
+    """The runtime a family's files run on unless another is asked for."""
+    return next(r for r in RUNTIMES.values() if family in r.reads and r.package is None)
+
+
+def runtime(name: str) -> Runtime:
+    if name not in RUNTIMES:
+        raise UsageError(f"unknown runtime '{name}'", hint=f"choose from: {', '.join(RUNTIMES)}")
+    return RUNTIMES[name]
+
+
+def target_label(kind: str, runtime_name: str) -> str:
+    """How a (kind, runtime) target is named in results: the kind alone on its family's own runtime."""
+    return kind if runtime_name == get(kind).runtime else f"{kind} · {runtime_name}"
+
+
+def targets(kinds: list[str], runtimes: list[str] | None = None, *, explicit_kinds: bool = False) -> list[tuple[str, str]]:
+    """The (kind, runtime) pairs to validate or time, kind by kind in the given order, the family's own
+    runtime first. runtimes=None: each kind's own runtime and every other runtime that reads it and is
+    installed here. A named runtime is used whether installed or not (its runner then refuses: exit 5).
+    A kind no named runtime reads is dropped, or refused if the kinds were named too."""
+    for name in runtimes or ():
+        if not runtime(name).installed:
+            raise MissingRuntimeError(f"the runtime {name} was asked for, but its package '{RUNTIMES[name].package}' "
+                                      "is not importable here",
+                                      hint=f"install it with: pip install 'resexport[{RUNTIMES[name].extra}]'")
+    pairs = []
+    for kind in kinds:
+        family = get(kind).family
+        readers = [r for r in RUNTIMES.values() if family in r.reads]
+        chosen = ([r.name for r in readers if r.installed] if runtimes is None
+                  else [r.name for r in readers if r.name in runtimes])
+        if not chosen and explicit_kinds:
+            raise UsageError(f"no runtime among {', '.join(runtimes)} reads {kind}",
+                             hint=f"{kind} runs on: {', '.join(r.name for r in readers)}")
+        pairs += [(kind, name) for name in chosen]
+    if not pairs and kinds:
+        raise UsageError(f"no runtime among {', '.join(runtimes or [])} reads any of {', '.join(kinds)}")
+    return pairs
+
+
+def runtimes_help() -> str:
+    """Every runtime and the families it reads, for --help."""
+    return "; ".join(f"{r.name} ({r.description}: {', '.join(r.reads)})" for r in RUNTIMES.values())
 
 
 def family_of_path(path: Path) -> str:

@@ -32,11 +32,15 @@ def build_table(run) -> dict:
     run = Run.of(run)
     val = _load_optional(run / VALIDATION_FILE)
     bench = _load_optional(run / BENCH_FILE)
-    vrows = {r["kind"]: r for r in (val or {}).get("artifacts", [])}
-    brows = {}  # (kind, mode) -> the batch-1 row
+    vrows = {r.get("target", r["kind"]): r for r in (val or {}).get("artifacts", [])}
+    brows = {}  # (target, mode) -> the batch-1 row
     for r in (bench or {}).get("results", []):
         if r["batch"] == 1:
-            brows[(r["kind"], r.get("mode"))] = r
+            brows[(r["kind"] if r.get("mode") else r["target"], r.get("mode"))] = r
+    others = {}  # kind -> its targets on runtimes beside the family's own, as validate and bench named them
+    for r in [*(val or {}).get("artifacts", []), *(bench or {}).get("results", [])]:
+        if r.get("target", r["kind"]) != r["kind"] and not r.get("mode"):
+            others.setdefault(r["kind"], {})[r["target"]] = None
     ref_path = run.model_path
     ref_acc = (val or {}).get("reference", {}).get("accuracy", run.training.get("test_accuracy"))
     ref_kind = run.model_format
@@ -50,15 +54,15 @@ def build_table(run) -> dict:
              "speedup_vs_keras_predict": (ref_bench or {}).get("speedup_vs_keras_predict"),
              "batch_diff": _batch_diff((val or {}).get("reference", {})),
              "passed": None, "reference": True}]
-    for kind, entry in run.artifacts.items():
-        v, b = vrows.get(kind, {}), brows.get((kind, None), {})
-        rows.append({"kind": kind, "file": entry["file"], "bytes": entry["bytes"], "accuracy": v.get("accuracy"),
+    for target, entry in [(t, e) for k, e in run.artifacts.items() for t in (k, *others.get(k, ()))]:
+        v, b = vrows.get(target, {}), brows.get((target, None), {})
+        rows.append({"kind": target, "file": entry["file"], "bytes": entry["bytes"], "accuracy": v.get("accuracy"),
                      "change_points": v.get("change_points"), "agreement": v.get("agreement"),
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
                      "speedup_vs_keras_compiled": b.get("speedup_vs_keras_compiled"),
                      "batch_diff": _batch_diff(v), "passed": v.get("passed"), "reference": False})
     for kind, v in vrows.items():  # kinds convert could not make: a failed row with no numbers
-        if kind not in run.artifacts and "accuracy" not in v:
+        if v["kind"] not in run.artifacts and "accuracy" not in v:
             rows.append({"kind": kind, "file": v.get("file"), "bytes": None, "accuracy": None, "change_points": None,
                          "agreement": None, "p50_ms_b1": None, "speedup_vs_keras_predict": None,
                          "speedup_vs_keras_compiled": None, "batch_diff": None, "passed": False, "reference": False})
@@ -145,12 +149,14 @@ def validation_rows(report: dict) -> list[list[str]]:
     rows = []
     for r in report["artifacts"]:
         if "accuracy" not in r:  # a kind that could not be made or run: no metrics, its reason in the gate column
-            rows.append([r["kind"], f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "–", "–", "–", "–", "–", "–",
+            rows.append([r.get("target", r["kind"]), f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "–", "–",
+                         "–", "–", "–", "–",
                          "–", "–", "FAIL " + "; ".join(r["failures"])])
             continue
         moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
         b = r.get("batch_invariance") or {}
-        rows.append([r["kind"], f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?", f"{r['accuracy']:.2%}",
+        rows.append([r.get("target", r["kind"]), f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?",
+                     f"{r['accuracy']:.2%}",
                      f"{r['change_points']:+.2f} pt", f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}",
                      f"{r['mean_abs_diff']:.1e}",
                      f"{max(b['max_diff_batch_1'], b['max_diff_shuffled']):.1e}" if b else "-", moved,

@@ -200,7 +200,8 @@ def run_runner(runner: Runner, x: np.ndarray, batch_size: int, progress: Progres
     return out, time.perf_counter() - start
 
 
-def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, overrides: dict | None) -> dict:
+def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, overrides: dict | None,
+                      targets: list[tuple[str, str]] | None = None) -> dict:
     """What a validation depends on: the stage key's inputs (the reference model and every artifact
     by sha256, the test set by content, the gates and batch size)."""
     ref_path = run.model_path
@@ -210,7 +211,8 @@ def validation_inputs(run: Run, dataset, kinds: list[str], batch_size: int, over
                            if (run.artifact(k).get("qat") or {}).get("model_file")},
             "test_set": dataset.content_hash, "batch_size": batch_size,
             "overrides": {k: v for k, v in (overrides or {}).items() if v is not None},
-            "gates": {k: asdict(formats.get(k).gates) for k in kinds}}
+            "gates": {k: asdict(formats.get(k).gates) for k in kinds},
+            **({"runtimes": [formats.target_label(k, r) for k, r in targets]} if targets else {})}
 
 
 def _sha_or_none(path: Path) -> str | None:
@@ -220,10 +222,12 @@ def _sha_or_none(path: Path) -> str | None:
 def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
              overrides: dict | None = None, batch_size: int = 256, threads: int | None = None,
              unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
-             reuse: bool = False) -> dict:
+             reuse: bool = False, runtimes: list[str] | None = None) -> dict:
     """Validate the run's artifacts (all, or `kinds`) against its reference model on `dataset`'s test
-    split. Writes validation.json into the run and returns the same report. `runners` lets a caller
-    substitute loaded runners by kind (tests use it to inject a deliberately broken one). With
+    split, each on every runtime that reads it (or those of `runtimes`: formats.targets). Writes
+    validation.json into the run and returns the same report: one row per (kind, runtime), its
+    `target` the kind alone on the family's own runtime. `runners` lets a caller substitute loaded
+    runners by target (tests use it to inject a deliberately broken one). With
     reuse=True, a validation.json made from the same inputs (its inputs_key) is returned as it is,
     marked "reused"."""
     run = Run.of(run)
@@ -243,7 +247,9 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
                          hint=f"available: {', '.join(available) or 'none'}")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    inputs = validation_inputs(run, dataset, kinds, batch_size, overrides)
+    targets = formats.targets(kinds, runtimes, explicit_kinds=requested)
+    kinds = list(dict.fromkeys(k for k, _ in targets))
+    inputs = validation_inputs(run, dataset, kinds, batch_size, overrides, targets)
     if requested_failed:
         inputs["export_failures"] = {k: run.export_failures[k] for k in requested_failed}
     key = mf.inputs_key(inputs)
@@ -262,14 +268,15 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     for name, failure in run.export_failures.items():  # kinds convert could not make: failed verdicts
         if name in requested_failed:
             results.append(export_failure_result(name, failure["reason"]))
-    for name in kinds:
-        kind = formats.get(name)
+    for name, runtime in targets:
+        kind, label = formats.get(name), formats.target_label(name, runtime)
         entry = run.artifact(name)
         gates = kind.gates.override(**(overrides or {}))
         try:
-            runner = (runners or {}).get(name) or load_runner(run.artifact_path(name), kind=name, threads=threads)
+            runner = (runners or {}).get(label) or load_runner(run.artifact_path(name), kind=name, runtime=runtime,
+                                                               threads=threads)
             runner.check_fits(dataset.input_shape, dataset.num_classes)
-            out, seconds = run_runner(runner, x, batch_size, progress, name)
+            out, seconds = run_runner(runner, x, batch_size, progress, label)
             metrics = compare(ref, out, y, dataset.class_names, convention)
             metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
             qat_ref, qat_problem = qat_reference(run, entry, x, batch_size, qat_refs)
@@ -292,15 +299,17 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
                 raise  # the file changed since we wrote it: the user's bad input, as before
             # the file is ours, exactly as convert wrote it: this kind's failure, the others still get verdicts
             reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s could not run: %s", name, reason)
+            log.warning("%s could not run: %s", label, reason)
             results.append({**export_failure_result(name, " ".join(reason.split()), "could not run"),
+                            "target": label, "runtime": runtime,
                             "file": entry["file"], "bytes": entry.get("bytes"), "gates": asdict(gates)})
             continue
         failures = check_gates(metrics, gates) + ([qat_problem] if qat_problem else [])
         unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
         if not unchanged:
             log.warning("%s changed since it was converted (sha256 differs from the manifest)", entry["file"])
-        results.append({"kind": name, "file": entry["file"], "bytes": entry.get("bytes"), **metrics,
+        results.append({"kind": name, "target": label, "runtime": runtime, "file": entry["file"],
+                        "bytes": entry.get("bytes"), **metrics,
                         "matches_manifest_sha256": unchanged,
                         "gates": asdict(gates), "passed": not failures, "failures": failures,
                         **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most, or "
@@ -371,5 +380,5 @@ def sample_intervals(out: np.ndarray, ref: np.ndarray, y: np.ndarray) -> dict:
 
 
 def failure_summary(report: dict) -> str:
-    return "; ".join(f"{r['kind']}: {', '.join(r['failures'])}" + (f" ({r['hint']})" if r.get("hint") else "")
+    return "; ".join(f"{r.get('target', r['kind'])}: {', '.join(r['failures'])}" + (f" ({r['hint']})" if r.get("hint") else "")
                      for r in report["artifacts"] if not r["passed"])

@@ -27,8 +27,8 @@ def test_every_kind_passes_validation_on_the_full_test_set(converted_run, fmnist
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dataset"]["samples"] == 10000 and report["passed"]
-    assert [r["kind"] for r in report["artifacts"]] == KINDS
-    by = {r["kind"]: r for r in report["artifacts"]}
+    assert list(dict.fromkeys(r["kind"] for r in report["artifacts"])) == KINDS  # (other runtimes' rows beside)
+    by = {r["target"]: r for r in report["artifacts"]}
     assert by["tflite-fp32"]["agreement"] >= 99.9 and by["onnx-fp32"]["max_abs_diff"] < 1e-3
     assert by["tflite-int8"]["runner"]["input_quantization"]["scale"] > 0
     assert by["onnx-fp32"]["runner"]["provider"] == "CPUExecutionProvider"
