@@ -74,6 +74,7 @@ class Runtime:
     package: str | None = None  # a runtime beside a family's own: run by default only where this imports
     extra: str | None = None    # the project's optional extra that installs `package`
     description: str = ""
+    default: bool = True        # run beside the family's own runtime when installed; False: only when named
 
     def load_runner_class(self):
         return _load(self.runner)
@@ -112,7 +113,7 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
     ArtifactKind("tflite-dynamic", "tflite", "dynamic", "model_dynamic.tflite", f"{_TFL}:export_dynamic", _DYNAMIC,
                  "TFLite, int8 weights, dynamic-range activations"),
     ArtifactKind("tflite-int8", "tflite", "int8", "model_int8.tflite", f"{_TFL}:export_int8", _INT8,
-                 "TFLite, full integer: int8 input, output, weights, activations"),
+                 "TFLite, full integer (int8 inside), uint8 input/output for app SDKs"),
     ArtifactKind("onnx-fp32", "onnx", "none", "model.onnx", f"{_ONX}:export_fp32", _FP32,
                  "ONNX, float32, dynamic batch"),
     ArtifactKind("onnx-fp16", "onnx", "float16", "model_fp16.onnx", f"{_ONX}:export_fp16", _FP16,
@@ -129,6 +130,9 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("onnxruntime", ("onnx",), f"{_RT}.onnx:OnnxRunner", description="ONNX Runtime"),
     Runtime("openvino", ("onnx", "tflite"), f"{_RT}.openvino:OpenVINORunner", package="openvino",
             extra="openvino", description="OpenVINO, CPU, f32 precision hint"),
+    Runtime("mediapipe", ("tflite",), f"{_RT}.mediapipe:MediaPipeRunner", package="mediapipe", extra="app",
+            description="MediaPipe Tasks ImageClassifier, the app SDK, fed uint8 RGB images one at a time; "
+                        "only when named", default=False),
 )}
 
 EXPORTABLE = [k for k in KINDS.values() if k.exporter]
@@ -174,8 +178,8 @@ def target_label(kind: str, runtime_name: str) -> str:
 
 def targets(kinds: list[str], runtimes: list[str] | None = None, *, explicit_kinds: bool = False) -> list[tuple[str, str]]:
     """The (kind, runtime) pairs to validate or time, kind by kind in the given order, the family's own
-    runtime first. runtimes=None: each kind's own runtime and every other runtime that reads it and is
-    installed here. A named runtime is used whether installed or not (its runner then refuses: exit 5).
+    runtime first. runtimes=None: each kind's own runtime and every other runtime that reads it, is
+    installed here and runs by default. A named runtime is used whether installed or not (its runner then refuses: exit 5).
     A kind no named runtime reads is dropped, or refused if the kinds were named too."""
     for name in runtimes or ():
         if not runtime(name).installed:
@@ -186,7 +190,7 @@ def targets(kinds: list[str], runtimes: list[str] | None = None, *, explicit_kin
     for kind in kinds:
         family = get(kind).family
         readers = [r for r in RUNTIMES.values() if family in r.reads]
-        chosen = ([r.name for r in readers if r.installed] if runtimes is None
+        chosen = ([r.name for r in readers if r.installed and (r.default or r.package is None)] if runtimes is None
                   else [r.name for r in readers if r.name in runtimes])
         if not chosen and explicit_kinds:
             raise UsageError(f"no runtime among {', '.join(runtimes)} reads {kind}",

@@ -73,7 +73,49 @@ def build_table(run) -> dict:
                            for r in (bench or {}).get("results", [])],
             "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", []),
             "output": (val or {}).get("reference", {}).get("output", run.output),
-            "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", [])}
+            "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", []),
+            "apps": app_rows(run, vrows)}
+
+
+def app_rows(run, vrows: dict) -> list[dict]:
+    """Per artifact, what an app SDK gets: the file's app interface (manifest, conformance.app) and whether
+    MediaPipe Tasks loaded it and passed the gates in `validate --runtimes mediapipe`."""
+    rows = []
+    for kind, entry in run.artifacts.items():
+        app = (entry.get("conformance") or {}).get("app")
+        if app is None:
+            continue
+        sdk = vrows.get(f"{kind} · mediapipe")
+        rows.append({"kind": kind, "file": entry["file"], "input": app.get("input"),
+                     "rgb_adapter": app.get("rgb_adapter"), "metadata_props": app.get("metadata_props"),
+                     "mediapipe_ready": app.get("mediapipe_ready"),
+                     "mediapipe": None if sdk is None else {"passed": sdk.get("passed"),
+                                                             "same_file": sdk.get("same_file"),
+                                                             "failures": sdk.get("failures", [])}})
+    return rows
+
+
+def _app_lines(table: dict) -> list[str]:
+    lines = []
+    for a in table.get("apps", []):
+        if a.get("metadata_props"):
+            lines.append(f"- `{a['file']}`: `metadata_props` {', '.join(a['metadata_props'])}")
+            continue
+        i = a.get("input") or {}
+        what = f"{i.get('dtype')} {'RGB ' if i.get('color') == 'rgb' else ''}input" + (
+            " (gray inside)" if a.get("rgb_adapter") else "")
+        sdk = a.get("mediapipe")
+        if sdk is None:
+            said = "not yet loaded in MediaPipe (`resexport validate --runtimes mediapipe`)"
+        elif sdk["passed"]:
+            same = (sdk.get("same_file") or {}).get("top1_agreement")
+            said = "**loaded and passed in MediaPipe Tasks' ImageClassifier**" + (
+                f" (top-1 as LiteRT on {same:.2f}%)" if same is not None else "")
+        else:
+            said = f"**failed in MediaPipe Tasks**: {'; '.join(sdk['failures'])}"
+        lines.append(f"- `{a['file']}`: {what}, TFLite metadata with labels; {said}" if a.get("mediapipe_ready")
+                     else f"- `{a['file']}`: {what}; not an image input MediaPipe Tasks takes")
+    return ["## Files for apps", "", *lines, ""] if lines else []
 
 
 def _batch_diff(validated: dict) -> float | None:
@@ -211,7 +253,7 @@ def render_markdown(table: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(table, bold_fail=True)]
     if table.get("skipped"):
         lines += ["", "Not benchmarked: " + "; ".join(f"{s['target']} ({s['reason']})" for s in table["skipped"])]
-    lines += ["", f"![accuracy vs latency]({REPORT_PNG})", ""]
+    lines += ["", f"![accuracy vs latency]({REPORT_PNG})", "", *_app_lines(table)]
     return "\n".join(lines)
 
 

@@ -219,6 +219,18 @@ def _sha_or_none(path: Path) -> str | None:
     return sha256_file(path) if path.is_file() else None
 
 
+def same_file(own: np.ndarray, other: np.ndarray, own_runtime: str, convention: str) -> dict:
+    """One file on two runtimes: top-1 agreement (and without the own runtime's near-ties) and the largest
+    difference of probabilities. Reported, not gated: the gates compare each runtime with the reference."""
+    a, b = out_mod.to_probabilities(own, convention), out_mod.to_probabilities(other, convention)
+    top2 = np.sort(a, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_MARGIN
+    same = a.argmax(1) == b.argmax(1)
+    return {"runtime": own_runtime, "top1_agreement": round(100 * float(same.mean()), 4),
+            "top1_agreement_without_near_ties": round(100 * float(same[clear].mean()), 4) if clear.any() else None,
+            "max_abs_diff": float(np.abs(a - b).max()) if len(a) else 0.0}
+
+
 def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
              overrides: dict | None = None, batch_size: int = 256, threads: int | None = None,
              unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
@@ -265,6 +277,7 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     ref_probs = out_mod.to_probabilities(ref, convention)
     results = []
     qat_refs: dict = {}
+    own_outputs: dict[str, np.ndarray] = {}  # each kind's outputs on its family's own runtime
     for name, failure in run.export_failures.items():  # kinds convert could not make: failed verdicts
         if name in requested_failed:
             results.append(export_failure_result(name, failure["reason"]))
@@ -292,6 +305,10 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
                 metrics.update(sample_intervals(out, ref, y))
             metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size,
                                                            convention=convention, tolerance=gates.max_batch_diff)
+            if runtime == kind.runtime:
+                own_outputs[name] = out
+            elif name in own_outputs:  # the same file on another runtime (an SDK, OpenVINO): how alike they run
+                metrics["same_file"] = same_file(own_outputs[name], out, kind.runtime, convention)
         except (MissingRuntimeError, UsageError, KeyboardInterrupt):
             raise
         except Exception as exc:

@@ -172,3 +172,30 @@ def test_rgb_models_of_our_users_load_in_mediapipe(shapes, tmp_path, model, scal
         record = app_record(path)
         assert record["input"]["dtype"] == (int8_input if kind == "tflite-int8" else "float32")
         assert not record["rgb_adapter"]
+
+
+def test_validate_runs_the_sdk_and_catches_metadata_that_lies(converted_run, tmp_path):
+    """`validate --runtimes litert,mediapipe`: a MediaPipe row per TFLite kind, gated like any runner, with
+    its agreement with LiteRT on the same file. A file whose normalisation metadata is wrong (raw 0..255
+    pixels for a 0..1 model) still passes on LiteRT, which feeds the model directly, and fails in the SDK."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(converted_run, run)
+    (run / "validation.json").unlink(missing_ok=True)
+    ok = CliRunner().invoke(app, ["validate", "--run", str(run), "--artifacts", "tflite-fp32,tflite-int8",
+                                  "--runtimes", "litert,mediapipe", "--limit", "300", "--json"])
+    assert ok.exit_code == 0, ok.output
+    rows = {r["target"]: r for r in json.loads(ok.stdout)["artifacts"]}
+    assert set(rows) == {"tflite-fp32", "tflite-fp32 · mediapipe", "tflite-int8", "tflite-int8 · mediapipe"}
+    for kind in ("tflite-fp32", "tflite-int8"):
+        sdk = rows[f"{kind} · mediapipe"]
+        assert sdk["passed"] and sdk["runner"]["engine"] == "mediapipe" and sdk["same_file"]["runtime"] == "litert"
+        assert sdk["same_file"]["top1_agreement_without_near_ties"] >= 99.9
+    path = run / "model_fp32.tflite"
+    spec = AppSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in app_record(path)["spec"].items()})
+    path.write_bytes(make_app_ready(path.read_bytes(), AppSpec(**{**spec.__dict__, "scale": "raw"}))[0])
+    bad = CliRunner().invoke(app, ["validate", "--run", str(run), "--artifacts", "tflite-fp32",
+                                   "--runtimes", "litert,mediapipe", "--limit", "300"])
+    assert bad.exit_code == 4, bad.output
+    assert "tflite-fp32 · mediapipe" in bad.stderr and "tflite-fp32:" not in bad.stderr

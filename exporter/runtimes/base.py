@@ -56,10 +56,22 @@ def check_file(path: Path, family: str) -> None:
                          hint="the file is corrupt or truncated; re-create it")
 
 
+def quantize(x: np.ndarray, q: dict, dtype) -> np.ndarray:
+    """Float inputs -> an integer input tensor with the file's own scale and zero point (as an app does)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / q["scale"] + q["zero_point"]), info.min, info.max).astype(dtype)
+
+
+def dequantize(y: np.ndarray, q: dict) -> np.ndarray:
+    return (y.astype(np.float32) - q["zero_point"]) * np.float32(q["scale"])
+
+
 class Runner(abc.ABC):
     """One loaded artifact. Subclasses implement `load` and `_predict` (one batch)."""
 
     engine: str = "?"
+    rgb_adapter: bool = False  # the file takes RGB and makes it gray inside (export/tflite_app.py): a gray
+    #                            image is fed with its channel repeated, as an app's RGB image of it is
 
     def __init__(self, path: Path, *, device: str, info: dict):
         self.path = Path(path)
@@ -88,6 +100,9 @@ class Runner(abc.ABC):
     def check_fits(self, image_shape, num_classes: int | None = None) -> None:
         """Refuse (InputError, naming the file) an artifact whose declared input shape or class count
         does not match the data it is about to see. Undeclared dimensions are not checked."""
+        image_shape = tuple(image_shape)
+        if self.rgb_adapter and image_shape[-1:] == (1,):
+            image_shape = (*image_shape[:-1], 3)
         declared = tuple(int(d) for d in self.input_shape if d is not None) if self.input_shape else None
         if declared and declared != tuple(image_shape):
             raise InputError(f"{self.path}: the model takes images of shape {declared} but the dataset has "
@@ -99,6 +114,8 @@ class Runner(abc.ABC):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.rgb_adapter and x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
         y = self._predict(x)
         return np.asarray(y, dtype=np.float32).reshape(len(x), -1)
 

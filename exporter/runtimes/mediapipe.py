@@ -28,6 +28,7 @@ class MediaPipeRunner(Runner):
         spec = AppSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in record["spec"].items()})
         self._mean, self._std = (np.asarray(v, np.float32) for v in spec.normalization())
         self._classes = len(spec.class_names)
+        self.rgb_adapter = bool(record.get("rgb_adapter"))
         super().__init__(path, device=device, info={
             "provider": "MediaPipe Tasks ImageClassifier (CPU)", "threads": None, "version": version,
             "precision": _precision(path, record),
@@ -71,12 +72,6 @@ class MediaPipeRunner(Runner):
     @property
     def num_outputs(self):
         return self._classes
-
-    def check_fits(self, image_shape, num_classes=None) -> None:
-        image_shape = tuple(image_shape)
-        if self.record.get("rgb_adapter") and image_shape[-1:] == (1,):
-            image_shape = (*image_shape[:-1], 3)
-        super().check_fits(image_shape, num_classes)
 
     def pixels(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed model inputs -> the uint8 RGB images an app would hand the SDK."""

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
-from exporter.runtimes.base import Runner, check_file
+from exporter.export.tflite_app import app_record
+from exporter.runtimes.base import Runner, check_file, dequantize, quantize
 
 FAMILY_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 PASS_THROUGH = ("Convert", "Transpose", "Reshape")  # ops between an int8 input/output and its FakeQuantize
@@ -68,6 +69,14 @@ def _int8_io(model) -> tuple[dict | None, dict | None]:
     return side(model.inputs[0], True), side(model.outputs[0], False)
 
 
+def _app_io(app: dict) -> tuple[dict | None, dict | None]:
+    """An app-ready .tflite file's integer input/output quantisation, as exporter.export.tflite_app recorded it."""
+    def side(d):
+        return {**d["quantization"], "dtype": d["dtype"]} if d.get("quantization") else None
+
+    return side(app["input"]), side(app["output"])
+
+
 class OpenVINORunner(Runner):
     engine = "openvino"
 
@@ -91,7 +100,8 @@ class OpenVINORunner(Runner):
                                       f"{', '.join(core.available_devices)})", hint="use --device cpu")
         try:
             model = core.read_model(str(path))
-            in_q, out_q = _int8_io(model)
+            app = app_record(path) if family == "tflite" else None
+            in_q, out_q = _app_io(app) if app else _int8_io(model)
             shape = model.inputs[0].get_partial_shape()
             if shape.rank.is_static and not shape[0].is_dynamic:  # a fixed batch: make it dynamic once
                 model.reshape({model.inputs[0]: ov.PartialShape([-1, *list(shape)[1:]])})
@@ -109,8 +119,10 @@ class OpenVINORunner(Runner):
                 "precision_hint": compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
                 "openvino": ov.get_version(), "frontend": family,
                 "input_quantization": in_q, "output_quantization": out_q}
-        return cls(path, compiled, in_q, out_q, in_shape, out_last.get_length() if out_last.is_static else None,
-                   device=device, threads=threads, info=info)
+        runner = cls(path, compiled, in_q, out_q, in_shape, out_last.get_length() if out_last.is_static else None,
+                     device=device, threads=threads, info=info)
+        runner.rgb_adapter = bool(app and app.get("rgb_adapter"))
+        return runner
 
     @property
     def input_shape(self):
@@ -121,12 +133,10 @@ class OpenVINORunner(Runner):
         return self._out
 
     def _predict(self, x):
-        if self._in_q:  # int8 input: quantise with the file's own scale and zero point
-            x = np.clip(np.round(x / self._in_q["scale"] + self._in_q["zero_point"]), -128, 127).astype(np.int8)
+        if self._in_q:  # integer input: quantise with the file's own scale and zero point
+            x = quantize(x, self._in_q, self._in_q.get("dtype", "int8"))
         y = self._request.infer({0: x})[self.compiled.output(0)]
-        if self._out_q:
-            y = (y.astype(np.float32) - self._out_q["zero_point"]) * np.float32(self._out_q["scale"])
-        return y
+        return dequantize(y, self._out_q) if self._out_q else y
 
     def io_details(self):
         def one(port, q):

@@ -11,7 +11,7 @@ import numpy as np
 from exporter.errors import MissingRuntimeError, ModelFileError, require
 from exporter.export.tflite_app import app_record
 from exporter.quiet import native_stderr_hidden
-from exporter.runtimes.base import Runner, check_file
+from exporter.runtimes.base import Runner, check_file, dequantize, quantize
 
 
 def _quant(detail: dict) -> dict | None:
@@ -51,6 +51,7 @@ class TFLiteRunner(Runner):
         self._in_q, self._out_q = _quant(self._in), _quant(self._out)
         dtype = np.dtype(self._in["dtype"]).name
         self.app = _app_record(path)
+        self.rgb_adapter = bool(self.app and self.app.get("rgb_adapter"))
         super().__init__(path, device=device, info={
             "provider": "XNNPACK (LiteRT default CPU delegate)", "threads": threads,
             "precision": tflite_precision(interp, dtype),
@@ -83,18 +84,6 @@ class TFLiteRunner(Runner):
     def num_outputs(self):
         return int(self._out["shape_signature"][-1])
 
-    @property
-    def rgb_adapter(self) -> bool:
-        """The file takes RGB and makes it gray inside (exporter.export.tflite_app): gray data is fed with
-        its one channel repeated, as an app's RGB image of a gray picture is."""
-        return bool(self.app and self.app.get("rgb_adapter"))
-
-    def check_fits(self, image_shape, num_classes=None) -> None:
-        image_shape = tuple(image_shape)
-        if self.rgb_adapter and image_shape[-1:] == (1,):
-            image_shape = (*image_shape[:-1], 3)
-        super().check_fits(image_shape, num_classes)
-
     def _resize(self, n: int) -> None:
         if n != self._batch:
             self.interp.resize_tensor_input(self._in["index"], [n, *self.input_shape], strict=False)
@@ -103,19 +92,13 @@ class TFLiteRunner(Runner):
             self._batch = n
 
     def _predict(self, x):
-        if self.rgb_adapter and x.shape[-1] == 1:
-            x = np.repeat(x, 3, axis=-1)
         self._resize(len(x))
-        if self._in_q:  # int8 input: quantise with the file's own scale and zero point
-            info = np.iinfo(self._in["dtype"])
-            x = np.clip(np.round(x / self._in_q["scale"] + self._in_q["zero_point"]), info.min, info.max)
-            x = x.astype(self._in["dtype"])
+        if self._in_q:  # integer input: quantise with the file's own scale and zero point
+            x = quantize(x, self._in_q, self._in["dtype"])
         self.interp.set_tensor(self._in["index"], x)
         self.interp.invoke()
         y = self.interp.get_tensor(self._out["index"])
-        if self._out_q:
-            y = (y.astype(np.float32) - self._out_q["zero_point"]) * np.float32(self._out_q["scale"])
-        return y
+        return dequantize(y, self._out_q) if self._out_q else y
 
     def io_details(self):
         def one(d):
