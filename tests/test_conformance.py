@@ -377,6 +377,7 @@ def test_bench_table_on_an_edge_box_without_tensorflow_shows_no_nan(converted_ru
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "nan" not in proc.stdout.lower(), proc.stdout
     text = " ".join(proc.stdout.replace("│", " ").split())  # the reason wraps inside its cell: read it whole
-    assert "needs the Python package 'keras', which is not importable" in text, proc.stdout
+    # Keras is there but its backend is not: the line names the backend (exporter.errors.missing_backend)
+    assert "Keras runs on the 'tensorflow' backend here (KERAS_BACKEND), which is not installed" in text, proc.stdout
     assert "install it with: pip install 'resexport[full]'" in text, proc.stdout
     assert "…" not in proc.stdout and "–" in proc.stdout
