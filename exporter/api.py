@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from exporter import formats
+from exporter import report as reporting
 from exporter.bench import BenchConfig, bench as bench_stage
 from exporter.convert import KindOutcome, Status, convert as convert_stage, import_model, int8_mode
 from exporter.data.datasets import Dataset, load_dataset
@@ -35,7 +36,6 @@ from exporter.export.source import tensorflow
 from exporter.predict import predict as predict_stage
 from exporter.progress import NULL, Progress
 from exporter.quantize import diagnose
-from exporter.report import write_report
 from exporter.run import Run, default_run_path
 from exporter.train import (RECIPES, TrainResult, find_partial, resolve_recipe, resume_command, train as train_stage,
                             training_key)
@@ -407,7 +407,7 @@ def bench(run: Run | PathLike | Conversion | None = None, *, options: BenchOptio
 
 def report(run: Run | PathLike | Conversion | None = None) -> dict:
     """Write report.md and report.png from the run's results; returns the table."""
-    return write_report(_run(run))
+    return reporting.write_report(_run(run))
 
 
 def inspect(run: Run | PathLike | Conversion | None = None, *, options: InspectOptions | None = None,
