@@ -79,7 +79,7 @@ def _bn_momentum(model, momentum: float) -> None:
 
 
 def user_model(name: str, folder) -> tuple:
-    """(model file, extra convert args) of a keras.applications model trained as a user would (recipes in
+    """(model file, extra rx.convert options) of a keras.applications model trained as a user would (recipes in
     int8_fidelity.py's docstring); trained only if the file is missing."""
     import keras
     import numpy as np
@@ -90,7 +90,7 @@ def user_model(name: str, folder) -> tuple:
     path = folder / f"{name}.keras"
     keras.utils.set_random_seed(0)
     if name == "mobilenetv2":
-        extra = ()
+        extra = {}
         ds = data.subset(data.load_dataset("fashion_mnist"), train_limit=12000)
         x, y, epochs = np.asarray(ds.x_train, np.float32), np.asarray(ds.y_train), 3
         inp = keras.Input((28, 28, 1), name="image")
@@ -101,7 +101,7 @@ def user_model(name: str, folder) -> tuple:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     else:
         npz = fmnist_rgb32_npz(folder / "fmnist32rgb.npz", train_limit=30000)
-        extra = ("--data", str(npz))
+        extra = {"data": str(npz)}
         with np.load(npz) as f:
             x, y, epochs = f["x_train"][:20000].astype(np.float32), f["y_train"][:20000], 4
         backbone = keras.applications.EfficientNetB0(input_shape=(32, 32, 3), include_top=False, weights=None,

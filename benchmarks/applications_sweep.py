@@ -57,6 +57,9 @@ def train(family: str, npz: Path, out: Path) -> dict:
     return {"params": int(model.count_params()), "train_seconds": round(seconds, 1), "test_accuracy": acc}
 
 
+# On the CLI, each step in its own process, not exporter.api: what is recorded is what a user of `resexport` sees
+# per family (the exit code and the one-line error), and a converter that crashes natively on one
+# keras.applications family (or holds gigabytes of graph) must not take the sweep down with it.
 def resexport(*args) -> tuple[int, str, float]:
     start = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "exporter", *map(str, args)], capture_output=True, text=True,

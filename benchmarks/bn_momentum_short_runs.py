@@ -4,25 +4,21 @@ momentum 0.99, then each change on its own and both. Scored in inference mode on
 set. Writes results/bn_momentum_short_runs.*"""
 
 import json
-import subprocess
-import sys
 
 from _common import ROOT, machine, save
 
-CONFIGS = [("seed: lr 1e-4, BN momentum 0.99", []),
-           ("lr 1e-4, BN momentum 0.9", ["--bn-momentum", "0.9"]),
-           ("lr 1e-3, BN momentum 0.99", ["--lr", "1e-3"]),
-           ("lr 1e-3, BN momentum 0.9 (the reduced study)", ["--lr", "1e-3", "--bn-momentum", "0.9"])]
+import resexport as rx
+
+CONFIGS = [("seed: lr 1e-4, BN momentum 0.99", {}),
+           ("lr 1e-4, BN momentum 0.9", {"bn_momentum": 0.9}),
+           ("lr 1e-3, BN momentum 0.99", {"lr": 1e-3}),
+           ("lr 1e-3, BN momentum 0.9 (the reduced study)", {"lr": 1e-3, "bn_momentum": 0.9})]
 rows = []
 for i, (label, flags) in enumerate(CONFIGS):
     run = ROOT / "artifacts" / "bn-momentum" / f"cfg{i}"
-    proc = subprocess.run([sys.executable, "-m", "exporter", "train", "--model", "plain12", "--recipe", "seed",
-                           "--epochs", "2", "--train-limit", "9000", *flags, "--run", str(run), "--force", "--json"],
-                          capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-        sys.exit(proc.stderr[-2000:])
+    result = rx.train(model="plain12", recipe="seed", epochs=2, train_limit=9000, **flags, run=run, force=True)
     history = json.loads((run / "history.json").read_text())
-    rows.append({"config": label, "flags": flags, "test_accuracy": json.loads(proc.stdout)["test_accuracy"],
+    rows.append({"config": label, "flags": flags, "test_accuracy": result.test_accuracy,
                  "train_accuracy_last_epoch": history[-1]["accuracy"]})
     print(rows[-1], flush=True)
 doc = {"model": "plain12", "steps": 120, "rows": rows, "machine": machine()}

@@ -9,30 +9,28 @@ Usage: python benchmarks/int8_fallback.py   (~8 min on 2 cores)"""
 
 import json
 import shutil
-import subprocess
-import sys
 
 from _common import ROOT, machine, save
 
+import resexport as rx
+
 BASE = ROOT / "artifacts" / "int8" / "plain12"
 FALLBACK = ROOT / "artifacts" / "int8" / "plain12-fallback"
-TRAIN = ["--model", "plain12", "--recipe", "seed", "--epochs", "2", "--lr", "1e-3", "--bn-momentum", "0.9",
-         "--train-limit", "9000"]
+TRAIN = dict(model="plain12", recipe="seed", epochs=2, lr=1e-3, bn_momentum=0.9, train_limit=9000)
 KINDS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
 
 
-def cli(*args: str, ok=(0,)) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in ok:
-        sys.exit(f"resexport {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return proc.returncode, json.loads(proc.stdout) if proc.stdout.strip() else {}
+def validated(run, kinds) -> tuple[int, dict]:
+    """validate.json's content, and the exit code `resexport validate` would give (4: a gate failed)."""
+    result = rx.validate(run, artifacts=kinds)
+    return (0 if result.passed else 4), result.report
 
 
 if not (BASE / "model.keras").is_file():
-    cli("train", *TRAIN, "--run", str(BASE), "--force")
-cli("convert", "--run", str(BASE), "--format", "all", "--quantize", "none")
-cli("convert", "--run", str(BASE), "--format", "all", "--quantize", "int8", "--force")  # current int8 settings
-plain_exit, plain = cli("validate", "--run", str(BASE), "--artifacts", ",".join(KINDS), ok=(0, 4))
+    rx.train(run=BASE, force=True, **TRAIN)
+rx.convert(run=BASE, format="all", quantize="none").check()
+rx.convert(run=BASE, format="all", quantize="int8", force=True).check()  # current int8 settings
+plain_exit, plain = validated(BASE, KINDS)
 if FALLBACK.exists():
     shutil.rmtree(FALLBACK)
 FALLBACK.mkdir(parents=True)
@@ -41,11 +39,11 @@ for name in ("model.keras", "history.json", "manifest.json", "model_fp32.tflite"
 man = json.loads((FALLBACK / "manifest.json").read_text())
 man["artifacts"] = {k: v for k, v in man["artifacts"].items() if k in ("tflite-fp32", "onnx-fp32")}
 (FALLBACK / "manifest.json").write_text(json.dumps(man, indent=2))
-cli("convert", "--run", str(FALLBACK), "--format", "all", "--quantize", "int8", "--fallback", "auto")
-fb_exit, fallback = cli("validate", "--run", str(FALLBACK), "--artifacts", "tflite-int8,onnx-int8", ok=(0, 4))
-bench_args = ("--batch", "1,32", "--no-reference", "--min-time", "2", "--min-runs", "20")
-_, bench_plain = cli("bench", "--run", str(BASE), "--artifacts", ",".join(KINDS), *bench_args)
-_, bench_fb = cli("bench", "--run", str(FALLBACK), "--artifacts", "tflite-int8,onnx-int8", *bench_args)
+rx.convert(run=FALLBACK, format="all", quantize="int8", fallback="auto").check()
+fb_exit, fallback = validated(FALLBACK, ("tflite-int8", "onnx-int8"))
+bench_options = rx.BenchOptions(batches=(1, 32), reference=False, min_time=2, min_runs=20)
+bench_plain = rx.bench(BASE, options=bench_options, artifacts=KINDS).report
+bench_fb = rx.bench(FALLBACK, options=bench_options, artifacts=("tflite-int8", "onnx-int8")).report
 
 base_man = json.loads((BASE / "manifest.json").read_text())
 fb_man = json.loads((FALLBACK / "manifest.json").read_text())

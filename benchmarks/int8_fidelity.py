@@ -22,11 +22,12 @@ after the remedies changed), so models can be added one invocation at a time (~1
 
 import json
 import shutil
-import subprocess
 import sys
 import time
 
 from _common import ROOT, USER_MODELS, machine, save, user_model
+
+import resexport as rx
 
 FRESH = "--fresh" in sys.argv
 REDO = "--redo" in sys.argv
@@ -35,13 +36,6 @@ REMEDIES = ("ptq", "qat", "fallback", "auto")
 INT8 = ("tflite-int8", "onnx-int8")
 FP32 = ("tflite-fp32", "onnx-fp32")
 OUT = ROOT / "artifacts" / "int8-fidelity"
-
-
-def cli(*args: str, ok=(0,)) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in ok:
-        sys.exit(f"resexport {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout) if proc.stdout.strip() else {}
 
 
 from exporter.cpuinfo import physical_cores  # noqa: E402
@@ -70,15 +64,14 @@ for name in MODELS:
         t0 = time.perf_counter()
         if name in USER_MODELS:
             path, extra = user_model(name, OUT / "user-models")
-            cli("convert", "--model", str(path), "--run", str(base), *extra, "--format", "all", "--quantize", "none")
+            rx.convert(path, run=base, format="all", quantize="none", **extra).check()
         else:
-            cli("train", "--model", name, "--epochs", "2", "--train-limit", "12000", "--bn-momentum", "0.9",
-                "--run", str(base), "--force")
+            rx.train(model=name, epochs=2, train_limit=12000, bn_momentum=0.9, run=base, force=True)
         models[name] = {"train_seconds": round(time.perf_counter() - t0, 1)}
     models.setdefault(name, {})
     models[name]["machine"] = _where(machine())
     if not all((base / f).exists() for f in ("model_fp32.tflite", "model.onnx")):
-        cli("convert", "--run", str(base), "--format", "all", "--quantize", "none")
+        rx.convert(run=base, format="all", quantize="none").check()
     for remedy in REMEDIES:
         if (name, remedy) in done:
             continue
@@ -86,11 +79,11 @@ for name in MODELS:
         shutil.rmtree(run, ignore_errors=True)
         shutil.copytree(base, run)
         t0 = time.perf_counter()
-        cli("convert", "--run", str(run), "--format", "all", "--quantize", "int8", "--int8", remedy, "--force")
+        rx.convert(run=run, format="all", quantize="int8", int8=remedy, force=True).check()
         wall = round(time.perf_counter() - t0, 1)
-        val = cli("validate", "--run", str(run), "--artifacts", ",".join((*FP32, *INT8)), ok=(0, 4))
-        bench = cli("bench", "--run", str(run), "--artifacts", ",".join((*FP32, *INT8)), "--batch", "1",
-                    "--threads", str(threads), "--no-reference", "--min-time", "1", "--min-runs", "10", "--warmup", "3")
+        val = rx.validate(run, artifacts=(*FP32, *INT8)).report  # a failed gate is reported, not an error
+        bench = rx.bench(run, artifacts=(*FP32, *INT8), batches=(1,), threads=threads, reference=False, min_time=1,
+                         min_runs=10, warmup=3).report
         man = json.loads((run / "manifest.json").read_text())
         p50 = {r["kind"]: r["p50_ms"] for r in bench["results"]}
         vals = {r["kind"]: r for r in val["artifacts"]}

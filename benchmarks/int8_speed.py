@@ -7,21 +7,14 @@ int8 instruction sets recorded. Writes results/int8_speed.{json,md}.
 Usage: python benchmarks/int8_speed.py   (~6 min on 2 cores)"""
 
 import json
-import subprocess
-import sys
 
 from _common import ROOT, machine, save
+
+import resexport as rx
 
 MODELS = ("residual20", "resnet18")
 KINDS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8")
 OUT = ROOT / "artifacts" / "int8-speed"
-
-
-def cli(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode:
-        sys.exit(f"resexport {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout)
 
 
 def random_model(name: str):
@@ -42,12 +35,11 @@ threads = physical_cores()
 rows, runs = [], {}
 for name in MODELS:
     run = OUT / name
-    cli("convert", "--model", str(random_model(name)), "--run", str(run), "--force", "--format", "all",
-        "--quantize", "none")
-    cli("convert", "--run", str(run), "--format", "all", "--quantize", "int8", "--calib-samples", "50")
+    rx.convert(random_model(name), run=run, force=True, format="all", quantize="none").check()
+    rx.convert(run=run, format="all", quantize="int8", calib_samples=50).check()
     man = json.loads((run / "manifest.json").read_text())
-    bench = cli("bench", "--run", str(run), "--artifacts", ",".join(KINDS), "--batch", "1,32", "--threads", str(threads),
-                "--no-reference", "--min-time", "2", "--min-runs", "10", "--warmup", "3")
+    bench = rx.bench(run, artifacts=KINDS, batches=(1, 32), threads=threads, reference=False, min_time=2, min_runs=10,
+                     warmup=3).report
     runs[name] = {"run": str(run.relative_to(ROOT)), "bytes": {k: man["artifacts"][k]["bytes"] for k in KINDS},
                   "onnx_int8_target_cpu": man["artifacts"]["onnx-int8"].get("target_cpu")}
     for r in bench["results"]:

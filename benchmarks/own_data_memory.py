@@ -119,6 +119,8 @@ def main() -> None:
         if n <= 5000:
             cases.append(("folder of PNGs", n, work / f"png_{n}", write_png_folder))
     rows = []
+    # On the CLI in a child process, not exporter.api: the figure is the peak RSS of `resexport validate` as a
+    # user runs it, read from the child (os.wait4); in this process it would include this script's own memory.
     exe = [sys.executable, "-m", "exporter"]
     for kind, n, data, writer in cases:
         writer(data, n)

@@ -27,7 +27,6 @@ shared cores with --steps 300 once the runs exist, ~25 min more to train the thr
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from pathlib import Path
 import json
 
 from _common import ROOT, USER_MODELS, machine, save, user_model
+
+import resexport as rx
 
 import numpy as np  # noqa: E402
 
@@ -61,11 +62,9 @@ def open_run(name: str):
     if not (run / "manifest.json").is_file():  # made as int8_fidelity.py makes it
         if name in USER_MODELS:
             path, extra = user_model(name, RUNS / "user-models")
-            args = ["convert", "--model", str(path), "--run", str(run), *extra, "--format", "tflite", "--quantize", "none"]
+            rx.convert(path, run=run, format="tflite", quantize="none", **extra).check()
         else:
-            args = ["train", "--model", name, "--epochs", "2", "--train-limit", "12000", "--bn-momentum", "0.9",
-                    "--run", str(run), "--force"]
-        subprocess.run([sys.executable, "-m", "exporter", *args], check=True, cwd=ROOT)
+            rx.train(model=name, epochs=2, train_limit=12000, bn_momentum=0.9, run=run, force=True)
     run = Run.of(run)
     return run, open_for_run(run)
 

@@ -7,27 +7,20 @@ results/<model>_export.* (any run from the study can be passed).
 Usage: python benchmarks/residual50_export.py [RUN]   (default: artifacts/depth-cpu-reduced/runs/residual50)"""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 from _common import ROOT, machine, model_flops, save
 
+import resexport as rx
+
 run = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "artifacts" / "depth-cpu-reduced" / "runs" / "residual50"
 if not (run / "manifest.json").is_file():
     sys.exit(f"{run} missing: run benchmarks/depth_cpu_reduced.py first")
 
-
-def cli(*args: str) -> int:
-    proc = subprocess.run([sys.executable, "-m", "exporter", *args, "--json"], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode not in (0, 4):  # 4: a gate failed, still reported
-        sys.exit(f"resexport {' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return proc.returncode
-
-
-cli("convert", "--run", str(run), "--format", "all", "--quantize", "all")
-val_exit = cli("validate", "--run", str(run))
-cli("bench", "--run", str(run), "--batch", "1,64", "--min-time", "2", "--min-runs", "30")
+rx.convert(run=run, format="all", quantize="all").check()
+val_exit = 0 if rx.validate(run).passed else 4  # what `resexport validate` exits with (4: a gate failed)
+rx.bench(run, batches=(1, 64), min_time=2, min_runs=30)
 man = json.loads((run / "manifest.json").read_text())
 val = json.loads((run / "validation.json").read_text())
 ben = json.loads((run / "bench.json").read_text())

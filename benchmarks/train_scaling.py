@@ -99,6 +99,8 @@ def pipeline_alone(folder: Path, batch: int, batches: int, threads: int) -> dict
             "images_per_s": round(batches * batch / seconds, 1)}
 
 
+# Each training is `resexport train` in a child process, not an exporter.api call: the figures are the child's
+# peak RSS (os.wait4), and --devices N needs KERAS_BACKEND=jax and XLA_FLAGS set before Keras is imported.
 def devices_run(n: int, work: Path, train_limit: int, batch: int) -> dict:
     env = dict(os.environ, KERAS_BACKEND="jax", XLA_FLAGS="--xla_force_host_platform_device_count=4",
                PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="3")

@@ -25,17 +25,11 @@ import numpy as np  # noqa: E402
 from exporter import data, formats, outputs  # noqa: E402
 from exporter.runtimes import load_runner  # noqa: E402
 from tests import user_models as um  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
 
-from exporter.cli import app  # noqa: E402
+import resexport as rx  # noqa: E402
 
 N_IMAGES = 256
 BEFORE = "tflite-fp32 via model.export (before)"
-
-
-def cli(*args) -> tuple[int, str]:
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    return r.exit_code, r.stdout
 
 
 def run_at(runner_predict, x, batch):
@@ -67,8 +61,7 @@ def main() -> None:
         t0 = time.perf_counter()
         path = um.make(name, work / "models", train.x_train, train.y_train)
         run = work / "runs" / name
-        code, _ = cli("convert", "--model", path, "--run", run, "--calib-samples", 200, "--json")
-        assert code == 0, f"convert {name} exited {code}"
+        rx.convert(path, run=run, calib_samples=200).check()
         man = json.loads((run / "manifest.json").read_text())
         convention = man["model"]["output"]
         keras_p = outputs.to_probabilities(um.inference(path, x, batch=64), convention)
@@ -86,8 +79,8 @@ def main() -> None:
                 row[f"max_diff_b{batch}"] = float(np.abs(p - keras_p).max())
                 row[f"agreement_b{batch}"] = float(100 * (p.argmax(1) == keras_p.argmax(1)).mean())
             rows.append(row)
-        code, out = cli("validate", "--run", run, "--json")
-        report = json.loads(out)
+        result = rx.validate(run)
+        code, report = (0 if result.passed else 4), result.report  # code: what `resexport validate` exits with
         validations[name] = {"exit_code": code, "reference_accuracy": report["reference"]["accuracy"],
                              "reference_batch_invariance": report["reference"]["batch_invariance"],
                              "warnings": report["warnings"],
@@ -97,16 +90,15 @@ def main() -> None:
         failed_int8 = [k for k, a in validations[name]["artifacts"].items() if not a["passed"] and k.endswith("-int8")]
         if failed_int8:  # issue 13's answer: keep the layers that lose most in float, then validate again
             fmt = "all" if len(failed_int8) > 1 else failed_int8[0].split("-")[0]
-            code, _ = cli("convert", "--run", run, "--format", fmt, "--quantize", "int8", "--fallback", "auto",
-                          "--calib-samples", 200, "--force", "--json")
-            assert code == 0, f"convert --fallback auto {name} exited {code}"
-            code, out = cli("validate", "--run", run, "--artifacts", ",".join(failed_int8), "--json")
+            rx.convert(run=run, format=fmt, quantize="int8", fallback="auto", calib_samples=200, force=True).check()
+            again = rx.validate(run, artifacts=failed_int8)
+            code = 0 if again.passed else 4
             man = json.loads((run / "manifest.json").read_text())
             validations[name]["fallback_auto"] = {
                 a["kind"]: {"passed": a["passed"], "agreement": a["agreement"], "failures": a["failures"],
                             "float_layers": len(man["artifacts"][a["kind"]].get("float_layers") or []),
                             "bytes": man["artifacts"][a["kind"]]["bytes"]}
-                for a in json.loads(out)["artifacts"]}
+                for a in again.report["artifacts"]}
         print(f"{name}: {time.perf_counter() - t0:.0f}s, validate exit {code}", file=sys.stderr)
     doc = {"images": N_IMAGES, "train_images": um.TRAIN_IMAGES, "epochs": um.EPOCHS, "rows": rows,
            "validation": validations, "machine": machine()}

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional
 
@@ -22,11 +23,17 @@ import typer
 from rich.markup import escape
 
 from exporter import __version__
-from exporter import formats
-from exporter.data.preprocessing import SCALE_HELP
+from exporter import api, formats
+from exporter.api import (RECIPES, BenchOptions, ConvertOptions, DepthOptions, InspectOptions, PipelineOptions,
+                          PredictOptions, TrainOptions, ValidateOptions)
 from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
                               warn)
+from exporter.data.preprocessing import SCALE_HELP
+from exporter.errors import UsageError, ValidationFailed
+from exporter.pipeline import run_pipeline
 from exporter.quiet import hide_native_stderr_for_process, show_native
+from exporter.report import (BENCH_HEADERS, CONVERT_HEADERS, INSPECT_HEADERS, SUMMARY_HEADERS, VALIDATION_HEADERS,
+                             bench_rows, convert_rows, inspect_rows, summary_rows, validation_rows)
 
 app = typer.Typer(
     name="resexport",
@@ -44,6 +51,7 @@ def flag(*names: str, help: str):  # noqa: A002  (typer's own keyword)
 
 
 # ------------------------------------------------------------------------------ shared options
+# Defaults come from the options types in exporter/api.py (their one home); help texts live here.
 
 RUN_OPT = typer.Option(None, "--run", help="Run folder (default: the newest under artifacts/).")
 DATA_OPT = typer.Option(None, "--data-dir", help="Where the dataset files are (else $RESEXPORT_DATA, "
@@ -58,13 +66,53 @@ BATCH_SIZE_OPT = typer.Option(None, "--batch-size", help="Override the recipe's 
 LR_OPT = typer.Option(None, "--lr", help="Override the recipe's learning rate.")
 BN_OPT = typer.Option(None, "--bn-momentum", help="BatchNorm moving-average momentum (default: the model's own). "
                       "Use 0.9 for short runs: with 0.99, ~100 steps leave a third of the initial statistics.")
-SEED_OPT = typer.Option(0, "--seed", help="Random seed (weights, shuffling).")
+SEED_OPT = typer.Option(TrainOptions.seed, "--seed", help="Random seed (weights, shuffling).")
 TRAIN_LIMIT_OPT = typer.Option(None, "--train-limit", help="Train on a stratified subset of this many images.")
 TEST_LIMIT_OPT = typer.Option(None, "--test-limit", help="Evaluate on a stratified subset of the test set.")
 TEST_SPLIT_OPT = typer.Option(None, "--test-split", help="Your own folder of class folders: hold out this fraction "
                               "per class as the test set (stratified, seeded, recorded).")
+VALIDATE_ARTIFACTS_OPT = typer.Option(None, "--artifacts", "-a", help="Kinds to check (comma-separated or repeated; "
+                                      "default: all in the run).")
+BENCH_ARTIFACTS_OPT = typer.Option(None, "--artifacts", "-a", help="Kinds to time (default: all; the Keras reference "
+                                   "is always timed too, unless --no-reference).")
 
-# convert --model: importing a model of your own
+
+def _recipe_opt(default: str):
+    return typer.Option(default, "--recipe", help="Training recipe: " + "; ".join(
+        f"'{name}' ({r.description})" for name, r in RECIPES.items()) + ".")
+
+
+# Not generated: listing the registry would import Keras (and TensorFlow) for every --help.
+MODEL_OPT = typer.Option(TrainOptions.model, "--model", "-m", help="Registry model: resmini (the CPU default), "
+                         "plain12/20/32/50 and residual12/20/32/50 (seed 003), resnet18/34 (seed 000). See README, "
+                         "Models.")
+
+# train
+TRAIN_DATA_OPT = typer.Option(None, "--data", "--dataset", "-d", help="fashion_mnist, mnist or cifar10 (default: the "
+                              "model's own dataset), or your own: an image folder (one sub-folder per class; train/ "
+                              "and test/ inside, or --test-split) or an .npz.")
+TRAIN_SCALE_OPT = typer.Option(None, "--scale", help=f"Your own data: {SCALE_HELP} (default unit).")
+TRAIN_RUN_OPT = typer.Option(None, "--run", help="Run folder to create (default: artifacts/<model>-<dataset>-<time>).")
+DEVICES_OPT = typer.Option(str(TrainOptions.devices), "--devices", help="Devices to train on: N or 'all'. More than "
+                           "one needs KERAS_BACKEND=jax (keras.distribution.DataParallel; the batch is split across "
+                           "them).")
+AUGMENT_OPT = typer.Option(None, "--augment", help="Augment training batches in the input pipeline "
+                           "(never in the model): flip, crop or flip,crop. Default: none.")
+VAL_SPLIT_OPT = typer.Option(TrainOptions.val_split, "--val-split", help="Hold out this fraction of the training "
+                             "split (stratified, seeded) and evaluate it every epoch. Default: 0 (none).")
+WORKERS_OPT = typer.Option(None, "--workers", help="Input pipeline threads (default: min(4, CPUs)).")
+MAX_BATCHES_OPT = typer.Option(None, "--max-batches", help="Train on at most this many batches per epoch.")
+RESUME_OPT = typer.Option(None, "--resume", help="Continue the interrupted run RUN from its last "
+                          "complete epoch, with the settings it was started with (re-running the "
+                          "same command does the same).")
+
+# convert, and convert --model: importing a model of your own
+FORMAT_OPT = typer.Option(ConvertOptions.format, "--format", "-f", help=f"One of {', '.join(formats.FORMAT_CHOICES)}.")
+QUANTIZE_OPT = typer.Option(ConvertOptions.quantize, "--quantize", "-q", help=f"One of "
+                            f"{', '.join(formats.QUANTIZE_CHOICES)} ('none' is float32). int8 is calibrated on "
+                            "--calib-samples training images.")
+CALIB_SAMPLES_OPT = typer.Option(ConvertOptions.calib_samples, "--calib-samples", help="Calibration images for int8 "
+                                 "(stratified, from the training split only).")
 IMPORT_MODEL_OPT = typer.Option(None, "--model", help="Import a model file instead: .keras, legacy "
                                 ".h5, or a TF SavedModel folder (a new run folder is made for it).")
 IMPORT_DATA_OPT = typer.Option(None, "--data", "--dataset", "-d", help="With --model: its data (default "
@@ -74,7 +122,6 @@ IMPORT_DATA_OPT = typer.Option(None, "--data", "--dataset", "-d", help="With --m
 IMPORT_SCALE_OPT = typer.Option(None, "--scale", help=f"With --model: the input scale the model expects: "
                                 f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
                                 "model's input, else unit. Recorded in the run; later commands use it.")
-# int8 remedies (convert) and training at scale (train)
 INT8_OPT = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
                         "only), qat (quantisation-aware fine-tuning on the run's training data, then "
                         "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
@@ -83,42 +130,67 @@ INT8_OPT = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (defaul
 QAT_OPT = flag("--qat", help="Short for --int8 qat.")
 QAT_EPOCHS_OPT = typer.Option(None, "--qat-epochs", help="--int8 qat/auto: passes over the "
                               "training split to fine-tune (default: 300 steps of 64 images).")
-FALLBACK_OPT = typer.Option("none", "--fallback", help="int8 only: 'auto' is --int8 fallback (kept as an "
-                            "alias); 'none' quantises every layer.")
-TARGET_CPU_OPT = typer.Option("auto", "--target-cpu", help="onnx-int8 only: the CPU the model will run on, "
-                              "which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights against "
-                              "AVX2 saturation), or auto (this machine's).")
+FALLBACK_OPT = typer.Option(ConvertOptions.fallback, "--fallback", help="int8 only: 'auto' is --int8 fallback (kept "
+                            "as an alias); 'none' quantises every layer.")
+TARGET_CPU_OPT = typer.Option(ConvertOptions.target_cpu, "--target-cpu", help="onnx-int8 only: the CPU the model "
+                              "will run on, which picks ONNX Runtime's int8 settings: vnni, avx2 (7-bit weights "
+                              "against AVX2 saturation), or auto (this machine's).")
 CALIB_DATA_OPT = typer.Option(None, "--calib-data", help="With --model and data without a train "
                               "split: images to calibrate int8 on (folder or .npz; never test images).")
-DEVICES_OPT = typer.Option("1", "--devices", help="Devices to train on: N or 'all'. More than one needs "
-                           "KERAS_BACKEND=jax (keras.distribution.DataParallel; the batch is split across them).")
-AUGMENT_OPT = typer.Option(None, "--augment", help="Augment training batches in the input pipeline "
-                           "(never in the model): flip, crop or flip,crop. Default: none.")
-VAL_SPLIT_OPT = typer.Option(0.0, "--val-split", help="Hold out this fraction of the training split "
-                             "(stratified, seeded) and evaluate it every epoch. Default: 0 (none).")
-WORKERS_OPT = typer.Option(None, "--workers", help="Input pipeline threads (default: min(4, CPUs)).")
-MAX_BATCHES_OPT = typer.Option(None, "--max-batches", help="Train on at most this many batches "
-                               "per epoch.")
-RESUME_OPT = typer.Option(None, "--resume", help="Continue the interrupted run RUN from its last "
-                          "complete epoch, with the settings it was started with (re-running the "
-                          "same command does the same).")
+
+# validate
+MAX_DROP_OPT = typer.Option(None, "--max-drop", help="Gate: largest allowed top-1 accuracy drop vs Keras, in points "
+                            "(overrides the per-kind default).")
+MIN_AGREEMENT_OPT = typer.Option(None, "--min-agreement", help="Gate: smallest allowed top-1 agreement with Keras, "
+                                 "in percent (overrides the default).")
+MAX_ABS_DIFF_OPT = typer.Option(None, "--max-abs-diff", help="Gate: largest allowed absolute difference of output "
+                                "probabilities.")
+VALIDATE_BATCH_OPT = typer.Option(ValidateOptions.batch_size, "--batch-size", help="Images per inference call.")
+LIMIT_OPT = typer.Option(None, "--limit", "--test-limit", help="Validate on a stratified sample of this many test "
+                         "images (default: all of them); validation.json then gives 95% Wilson intervals, and the "
+                         "agreement gate fails only if the interval's upper bound is below it.")
+
+# bench
+DEVICE_OPT = typer.Option(BenchOptions.device, "--device", help="cpu or gpu. On gpu, targets without a GPU path are "
+                          "listed as skipped with the reason (never timed on the CPU instead).")
+BATCHES_OPT = typer.Option(",".join(map(str, BenchOptions.batches)), "--batch", help="Batch sizes, comma-separated.")
+BENCH_THREADS_OPT = typer.Option(None, "--threads", help="CPU threads, the same for every runtime (default: this "
+                                 "machine's physical cores; recorded per row).")
+WARMUP_OPT = typer.Option(BenchOptions.warmup, "--warmup", help="Untimed calls before timing.")
+MIN_RUNS_OPT = typer.Option(BenchOptions.min_runs, "--min-runs", help="Timed calls per target and batch, at least.")
+MIN_TIME_OPT = typer.Option(BenchOptions.min_time, "--min-time", help="Seconds of timed calls per target and batch, "
+                            "at least.")
+STRICT_OPT = flag("--strict", help="Fail (exit 5) instead of skipping a target that cannot run on --device.")
+REFERENCE_OPT = typer.Option(BenchOptions.reference, "--reference/--no-reference", help="Also time the Keras "
+                             "original (model.predict and the compiled predict_on_batch).")
+
+# inspect, predict
+INSPECT_ARTIFACT_OPT = typer.Option(InspectOptions.artifact, "--artifact", "-a", help="tflite-int8 or onnx-int8.")
+SAMPLES_OPT = typer.Option(InspectOptions.samples, "--samples", help="Held-out training images to measure on (never "
+                           "test images).")
+TOP_OPT = typer.Option(15, "--top", help="Rows to show (the JSON has every layer).")
+IMAGES_ARG = typer.Argument(..., help="Image files and/or folders of images (PNG, JPEG, BMP, ...).")
+PREDICT_ARTIFACT_OPT = typer.Option(PredictOptions.artifact, "--artifact", "-a", help="Kind to use (e.g. tflite-int8, "
+                                    "onnx-fp32, keras). Default: the smallest that passed validation; before "
+                                    "validation, the float32 TFLite (else ONNX) file.")
+TOP_K_OPT = typer.Option(PredictOptions.top_k, "--top-k", "-k", help="Classes to show per image.")
+
+# pipeline, experiment depth
+PIPELINE_DATA_OPT = typer.Option(PipelineOptions.data, "--data", "--dataset", "-d", help="Dataset: a built-in name, "
+                                 "an image folder with train/ and test/, or an .npz with x_train, y_train, x_test, "
+                                 "y_test.")
+PIPELINE_RUN_OPT = typer.Option(None, "--run", help="Run folder (default artifacts/<model>-<dataset>-pipeline).")
+OUT_OPT = typer.Option(DepthOptions.out, "--out", help="Folder for depth.json/.md/.png and the runs.")
+DEPTHS_OPT = typer.Option(",".join(map(str, DepthOptions.depths)), "--depths", help="Depths to train (each as plain "
+                          "and residual).")
+DEVICE_NOTE_OPT = typer.Option(DepthOptions.device_note, "--device-note", help="Where it ran (recorded in the "
+                               "results).")
 
 
-def _recipe_help() -> str:
-    from exporter.train import RECIPES
-
-    return "Training recipe: " + "; ".join(f"'{name}' ({r.description})" for name, r in RECIPES.items()) + "."
-
-
-# Not generated: listing the registry would import Keras (and TensorFlow) for every --help.
-MODELS_HELP = ("Registry model: resmini (the CPU default), plain12/20/32/50 and residual12/20/32/50 (seed 003), "
-               "resnet18/34 (seed 000). See README, Models.")
-
-
-def _run_dataset(run: Path, data_dir, test_limit=None, data=None):
-    from exporter.run import open_for_run
-
-    return open_for_run(run, data=data, data_dir=data_dir, test_limit=test_limit)
+def _options(cls, values: dict, **given):
+    """An options object from a command's parameters named like its fields (plus `given`)."""
+    names = {f.name for f in fields(cls)} - set(given)
+    return cls(**{k: v for k, v in values.items() if k in names}, **given)
 
 
 def _split(values: Optional[List[str]]) -> Optional[List[str]]:
@@ -128,8 +200,6 @@ def _split(values: Optional[List[str]]) -> Optional[List[str]]:
 
 
 def _ints(text: str, flag_name: str) -> tuple[int, ...]:
-    from exporter.errors import UsageError
-
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
@@ -137,6 +207,12 @@ def _ints(text: str, flag_name: str) -> tuple[int, ...]:
     if not values:
         raise UsageError(f"{flag_name} is empty")
     return values
+
+
+def _int8(int8: Optional[str], qat: bool) -> Optional[str]:
+    if qat and int8 not in (None, "qat"):
+        raise UsageError(f"--qat is --int8 qat; it cannot be combined with --int8 {int8}")
+    return "qat" if qat else int8
 
 
 def _version(value: bool):
@@ -175,20 +251,17 @@ def main_options(
 @app.command(short_help="Train a registry model into a new run folder.")
 @boundary(tensorflow=True)
 def train(
-    model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
-    dataset: Optional[str] = typer.Option(None, "--data", "--dataset", "-d", help="fashion_mnist, mnist or cifar10 "
-                                          "(default: the model's own dataset), or your own: an image folder (one "
-                                          "sub-folder per class; train/ and test/ inside, or --test-split) or an .npz."),
-    scale: Optional[str] = typer.Option(None, "--scale", help=f"Your own data: {SCALE_HELP} (default unit)."),
+    model: str = MODEL_OPT,
+    data: Optional[str] = TRAIN_DATA_OPT,
+    scale: Optional[str] = TRAIN_SCALE_OPT,
     test_split: Optional[float] = TEST_SPLIT_OPT,
-    recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
+    recipe: str = _recipe_opt(TrainOptions.recipe),
     epochs: Optional[int] = EPOCHS_OPT,
     batch_size: Optional[int] = BATCH_SIZE_OPT,
     lr: Optional[float] = LR_OPT,
     bn_momentum: Optional[float] = BN_OPT,
     seed: int = SEED_OPT,
-    run: Optional[Path] = typer.Option(None, "--run", help="Run folder to create (default: "
-                                       "artifacts/<model>-<dataset>-<time>)."),
+    run: Optional[Path] = TRAIN_RUN_OPT,
     force: bool = flag("--force", help="Replace an existing run folder."),
     data_dir: Optional[Path] = DATA_OPT,
     train_limit: Optional[int] = TRAIN_LIMIT_OPT,
@@ -203,23 +276,15 @@ def train(
 ):
     """Train a registry model and create its run folder (model.keras, history.json, manifest.json).
     Input is streamed; every epoch is checkpointed, so an interrupted run continues where it stopped."""
-    from exporter.api import train as train_fn
-
-    result = train_fn(model=model, data=dataset, run=run, recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                      bn_momentum=bn_momentum, seed=seed, scale=scale, test_split=test_split, train_limit=train_limit,
-                      test_limit=test_limit, data_dir=data_dir, augment=augment, val_split=val_split,
-                      max_batches=max_batches, devices=devices, workers=workers, resume=resume, force=force,
-                      progress=progress(json_out))
-    model, dataset = result.run.model_name, result.run.dataset_name
-    summary = {"run": str(result.run), "model": model, "dataset": dataset,
-               "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
-               "epochs": result.epochs, "resumed": result.resumed}
+    options = _options(TrainOptions, locals())
+    result = api.train(options, run=run, resume=resume, force=force, progress=progress(json_out))
+    model, data = result.run.model_name, result.run.dataset_name
     if json_out:
-        print_json(summary)
-    else:
-        out.print(f"trained [bold]{model}[/] on {dataset}: test accuracy "
-                  f"[bold]{result.test_accuracy:.2%}[/] in {result.seconds:.0f}s -> {escape(str(result.run))}"
-                  + (" (resumed)" if result.resumed else ""))
+        return print_json({"run": str(result.run), "model": model, "dataset": data,
+                           "test_accuracy": result.test_accuracy, "train_seconds": round(result.seconds, 1),
+                           "epochs": result.epochs, "resumed": result.resumed})
+    out.print(f"trained [bold]{model}[/] on {data}: test accuracy [bold]{result.test_accuracy:.2%}[/] in "
+              f"{result.seconds:.0f}s -> {escape(str(result.run))}" + (" (resumed)" if result.resumed else ""))
 
 
 # ------------------------------------------------------------------------------ convert
@@ -232,12 +297,10 @@ def train(
 def convert(
     run: Optional[Path] = RUN_OPT,
     model: Optional[Path] = IMPORT_MODEL_OPT,
-    fmt: str = typer.Option("all", "--format", "-f", help=f"One of {', '.join(formats.FORMAT_CHOICES)}."),
-    quantize: str = typer.Option("all", "--quantize", "-q", help=f"One of {', '.join(formats.QUANTIZE_CHOICES)} "
-                                 "('none' is float32). int8 is calibrated on --calib-samples training images."),
-    calib_samples: int = typer.Option(500, "--calib-samples", help="Calibration images for int8 "
-                                      "(stratified, from the training split only)."),
-    dataset: Optional[str] = IMPORT_DATA_OPT,
+    format: str = FORMAT_OPT,  # noqa: A002  (ConvertOptions' field)
+    quantize: str = QUANTIZE_OPT,
+    calib_samples: int = CALIB_SAMPLES_OPT,
+    data: Optional[str] = IMPORT_DATA_OPT,
     scale: Optional[str] = IMPORT_SCALE_OPT,
     test_split: Optional[float] = TEST_SPLIT_OPT,
     calib_data: Optional[Path] = CALIB_DATA_OPT,
@@ -251,29 +314,16 @@ def convert(
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
-    from exporter.api import convert_with_status
-    from exporter.errors import UsageError
-    from exporter.report import CONVERT_HEADERS, convert_rows
-
-    if qat and int8 not in (None, "qat"):
-        raise UsageError(f"--qat is --int8 qat; it cannot be combined with --int8 {int8}")
-    run, status = convert_with_status(model, run=run, data=dataset, scale=scale, format=fmt, quantize=quantize,
-                                      calib_samples=calib_samples, int8="qat" if qat else int8, qat_epochs=qat_epochs,
-                                      fallback=fallback, target_cpu=target_cpu, test_split=test_split,
-                                      calib_data=calib_data, data_dir=data_dir, force=force, unsafe=unsafe,
-                                      progress=progress(json_out))
-    rows = convert_rows(run, status)
+    options = _options(ConvertOptions, locals(), int8=_int8(int8, qat))
+    result = api.convert(model, run=run, options=options, force=force, progress=progress(json_out))
+    rows = convert_rows(result.run, result.artifacts)
     if json_out:
-        print_json({"run": str(run), "artifacts": rows})
+        print_json({"run": str(result.run), "artifacts": rows})
     else:
-        print_table(f"converted {run}", CONVERT_HEADERS, [[r["kind"], r["file"], r["size"], r["status"], r["seconds"],
-                                                           str(r.get("float_layers", ""))] for r in rows])
-    failed = {k: v[len("failed: "):] for k, v in status.items() if v.startswith("failed")}
-    if failed:  # the others were written; these are ours to fix (exit 70), never the user's bad input
-        from exporter.errors import ExportError
-
-        raise ExportError("; ".join(f"{k} could not be made: {why}" for k, why in failed.items()),
-                          hint="the other kinds were written; rerun with --debug and report this")
+        print_table(f"converted {result.run}", CONVERT_HEADERS, [[r["kind"], r["file"], r["size"], r["status"],
+                                                                  r["seconds"], str(r.get("float_layers", ""))]
+                                                                 for r in rows])
+    result.check()  # a kind that could not be made is ours to fix (exit 70), never the user's bad input
 
 
 # ------------------------------------------------------------------------------ inspect
@@ -282,9 +332,9 @@ def convert(
 @boundary(tensorflow=True)
 def inspect(
     run: Optional[Path] = RUN_OPT,
-    artifact: str = typer.Option("tflite-int8", "--artifact", "-a", help="tflite-int8 or onnx-int8."),
-    samples: int = typer.Option(200, "--samples", help="Held-out training images to measure on (never test images)."),
-    top: int = typer.Option(15, "--top", help="Rows to show (the JSON has every layer)."),
+    artifact: str = INSPECT_ARTIFACT_OPT,
+    samples: int = SAMPLES_OPT,
+    top: int = TOP_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
@@ -292,19 +342,9 @@ def inspect(
     """Per-layer quantisation error of an int8 artifact, worst first: each layer's int8 output against
     the same layer in float on the same input (TFLite QuantizationDebugger; ONNX Runtime's QDQ debug
     tools), re-made with the run's own converter settings and calibration set."""
-    from exporter.run import Run
-    from exporter.errors import UsageError
-    from exporter.quantize.diagnose import inspect as inspect_fn
-    from exporter.report import INSPECT_HEADERS, inspect_rows
-
-    run = Run.of(run)
-    if samples <= 0:
-        raise UsageError(f"--samples must be positive, got {samples}")
-    report = inspect_fn(run=run, kind=artifact, dataset=_run_dataset(run, data_dir), samples=samples, unsafe=unsafe,
-                        progress=progress(json_out))
+    report = api.inspect(run, options=_options(InspectOptions, locals()), progress=progress(json_out))
     if json_out:
-        print_json(report)
-        return
+        return print_json(report)
     print_table(f"{artifact}: the {min(top, report['count'])} of {report['count']} quantised layers that lose most "
                 f"({report['images']['count']} held-out training images)", INSPECT_HEADERS,
                 inspect_rows(report, top), left=("#", "op", "output tensor", "detail", "float now"))
@@ -323,21 +363,14 @@ def inspect(
 @boundary
 def validate(
     run: Optional[Path] = RUN_OPT,
-    artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to check "
-                                                  "(comma-separated or repeated; default: all in the run)."),
-    max_drop: Optional[float] = typer.Option(None, "--max-drop", help="Gate: largest allowed top-1 accuracy drop "
-                                             "vs Keras, in points (overrides the per-kind default)."),
-    min_agreement: Optional[float] = typer.Option(None, "--min-agreement", help="Gate: smallest allowed top-1 "
-                                                  "agreement with Keras, in percent (overrides the default)."),
-    max_abs_diff: Optional[float] = typer.Option(None, "--max-abs-diff", help="Gate: largest allowed absolute "
-                                                 "difference of output probabilities."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Images per inference call."),
+    artifacts: Optional[List[str]] = VALIDATE_ARTIFACTS_OPT,
+    max_drop: Optional[float] = MAX_DROP_OPT,
+    min_agreement: Optional[float] = MIN_AGREEMENT_OPT,
+    max_abs_diff: Optional[float] = MAX_ABS_DIFF_OPT,
+    batch_size: int = VALIDATE_BATCH_OPT,
     threads: Optional[int] = THREADS_OPT,
-    test_limit: Optional[int] = typer.Option(None, "--limit", "--test-limit", help="Validate on a stratified sample "
-                                             "of this many test images (default: all of them); validation.json then "
-                                             "gives 95% Wilson intervals, and the agreement gate fails only if the "
-                                             "interval's upper bound is below it."),
-    dataset: Optional[str] = DATASET_OPT,
+    limit: Optional[int] = LIMIT_OPT,
+    data: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     unsafe: bool = UNSAFE_OPT,
     runtimes: Optional[List[str]] = typer.Option(None, "--runtimes", "--runtime", help="Runtimes to run each "
@@ -346,27 +379,17 @@ def validate(
                                                  f"{formats.runtimes_help()}."),
     json_out: bool = JSON_OPT,
 ):
-    from exporter.run import Run
-    from exporter.errors import ValidationFailed
-    from exporter.report import VALIDATION_HEADERS, validation_rows
-    from exporter.validate import failure_summary, validate as validate_fn
-
-    run = Run.of(run)
-    ds = _run_dataset(run, data_dir, test_limit, data=dataset)
-    report = validate_fn(run=run, dataset=ds, kinds=_split(artifacts), batch_size=batch_size, threads=threads,
-                         overrides={"max_drop": max_drop, "min_agreement": min_agreement,
-                                    "max_abs_diff": max_abs_diff}, unsafe=unsafe, progress=progress(json_out),
-                         runtimes=_split(runtimes))
+    options = _options(ValidateOptions, locals(), artifacts=_split(artifacts), runtimes=_split(runtimes))
+    result = api.validate(run, options=options, progress=progress(json_out))
+    report = result.report
     if json_out:
         print_json(report)
     else:
-        ref = report["reference"]
         print_table(f"validation on {report['dataset']['samples']} {report['dataset']['name']} test images "
-                    f"(Keras accuracy {ref['accuracy']:.2%})", VALIDATION_HEADERS, validation_rows(report))
-    for warning in report.get("warnings", []):
+                    f"(Keras accuracy {result.reference_accuracy:.2%})", VALIDATION_HEADERS, validation_rows(report))
+    for warning in result.warnings:
         warn(warning)
-    if not report["passed"]:
-        raise ValidationFailed(f"{failure_summary(report)} (details in {run}/validation.json)")
+    result.check()
 
 
 # ------------------------------------------------------------------------------ bench
@@ -375,20 +398,16 @@ def validate(
 @boundary
 def bench(
     run: Optional[Path] = RUN_OPT,
-    artifacts: Optional[List[str]] = typer.Option(None, "--artifacts", "-a", help="Kinds to time (default: all; "
-                                                  "the Keras reference is always timed too, unless --no-reference)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or gpu. On gpu, targets without a GPU path are "
-                               "listed as skipped with the reason (never timed on the CPU instead)."),
-    batch: str = typer.Option("1,8,64", "--batch", help="Batch sizes, comma-separated."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads, the same for every runtime "
-                                          "(default: this machine's physical cores; recorded per row)."),
-    warmup: int = typer.Option(5, "--warmup", help="Untimed calls before timing."),
-    min_runs: int = typer.Option(20, "--min-runs", help="Timed calls per target and batch, at least."),
-    min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed calls per target and batch, at least."),
-    strict: bool = flag("--strict", help="Fail (exit 5) instead of skipping a target that cannot run on --device."),
-    reference: bool = typer.Option(True, "--reference/--no-reference", help="Also time the Keras original "
-                                   "(model.predict and the compiled predict_on_batch)."),
-    dataset: Optional[str] = DATASET_OPT,
+    artifacts: Optional[List[str]] = BENCH_ARTIFACTS_OPT,
+    device: str = DEVICE_OPT,
+    batch: str = BATCHES_OPT,
+    threads: Optional[int] = BENCH_THREADS_OPT,
+    warmup: int = WARMUP_OPT,
+    min_runs: int = MIN_RUNS_OPT,
+    min_time: float = MIN_TIME_OPT,
+    strict: bool = STRICT_OPT,
+    reference: bool = REFERENCE_OPT,
+    data: Optional[str] = DATASET_OPT,
     data_dir: Optional[Path] = DATA_OPT,
     runtimes: Optional[List[str]] = typer.Option(None, "--runtimes", "--runtime", help="Runtimes to run each "
                                                  "file on (comma-separated or repeated; default: every installed one "
@@ -398,18 +417,11 @@ def bench(
 ):
     """Time every artifact and the Keras original on real test images: p50/p90/p99/mean/std latency,
     throughput, cold start (load + first inference), engine and provider used. Writes bench.json."""
-    from exporter.run import Run
-    from exporter.bench import BenchConfig, bench as bench_fn
-    from exporter.report import BENCH_HEADERS, bench_rows
-
-    run = Run.of(run)
-    cfg = BenchConfig(batches=_ints(batch, "--batch"), warmup=warmup, min_runs=min_runs, min_time=min_time,
-                      threads=threads, device=device)
-    report = bench_fn(run=run, dataset=_run_dataset(run, data_dir, data=dataset), kinds=_split(artifacts), cfg=cfg, strict=strict,
-                      include_reference=reference, progress=progress(json_out), runtimes=_split(runtimes))
+    options = _options(BenchOptions, locals(), artifacts=_split(artifacts), batches=_ints(batch, "--batch"),
+                       runtimes=_split(runtimes))
+    report = api.bench(run, options=options, progress=progress(json_out)).report
     if json_out:
-        print_json(report)
-        return
+        return print_json(report)
     env = report["environment"]
     print_table(f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores, int8 ISA: "
                 f"{env['cpu_int8']['summary']})"
@@ -423,10 +435,7 @@ def bench(
 def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
     """Join manifest, validation and bench results into report.md and report.png (accuracy vs
     latency, marker size by file size, Keras marked) and print the table."""
-    from exporter.run import Run
-    from exporter.report import write_report
-
-    table = write_report(Run.of(run))
+    table = api.report(run)
     if json_out:
         print_json(table)
     else:
@@ -434,8 +443,6 @@ def report(run: Optional[Path] = RUN_OPT, json_out: bool = JSON_OPT):
 
 
 def _print_report(table: dict) -> None:
-    from exporter.report import SUMMARY_HEADERS, summary_rows
-
     print_table(f"{table['model']} on {table['dataset']}: {table['markdown']}", SUMMARY_HEADERS, summary_rows(table))
     for warning in table.get("warnings", []):
         warn(warning)
@@ -448,26 +455,19 @@ def _print_report(table: dict) -> None:
 @app.command(short_help="Top-k classes for your images from any artifact.")
 @boundary
 def predict(
-    images: List[Path] = typer.Argument(..., help="Image files and/or folders of images (PNG, JPEG, BMP, ...)."),
+    images: List[Path] = IMAGES_ARG,
     run: Optional[Path] = RUN_OPT,
-    artifact: Optional[str] = typer.Option(None, "--artifact", "-a", help="Kind to use (e.g. tflite-int8, onnx-fp32, "
-                                           "keras). Default: the smallest that passed validation; before validation, "
-                                           "the float32 TFLite (else ONNX) file."),
-    top_k: int = typer.Option(3, "--top-k", "-k", help="Classes to show per image."),
+    artifact: Optional[str] = PREDICT_ARTIFACT_OPT,
+    top_k: int = TOP_K_OPT,
     threads: Optional[int] = THREADS_OPT,
     unsafe: bool = UNSAFE_OPT,
     json_out: bool = JSON_OPT,
 ):
     """Top-k classes with probabilities for each image, preprocessed as the run records (size, colour,
     scale); a logits model's outputs are turned into probabilities with softmax."""
-    from exporter.run import Run
-    from exporter.predict import predict as predict_fn
-
-    result = predict_fn(run=Run.of(run), paths=images, kind=artifact, top_k=top_k, threads=threads,
-                        unsafe=unsafe)
+    result = api.predict(images, run=run, options=_options(PredictOptions, locals()))
     if json_out:
-        print_json(result)
-        return
+        return print_json(result)
     a = result["artifact"]
     k = min(top_k, max((len(r["top"]) for r in result["predictions"]), default=0))
     print_table(f"{a['file']} ({a['kind']}: {a['why']})", ["image", *[f"#{i + 1}" for i in range(k)]],
@@ -480,15 +480,14 @@ def predict(
 @app.command(short_help="The whole job with no flags: train, convert, validate, bench, report.")
 @boundary(tensorflow=True)
 def pipeline(
-    model: str = typer.Option("resmini", "--model", "-m", help=MODELS_HELP),
-    dataset: str = typer.Option("fashion_mnist", "--data", "--dataset", "-d", help="Dataset: a built-in name, an "
-                                "image folder with train/ and test/, or an .npz with x_train, y_train, x_test, y_test."),
-    recipe: str = typer.Option("fast", "--recipe", help=_recipe_help()),
+    model: str = MODEL_OPT,
+    data: str = PIPELINE_DATA_OPT,
+    recipe: str = _recipe_opt(PipelineOptions.recipe),
     epochs: Optional[int] = EPOCHS_OPT,
     lr: Optional[float] = LR_OPT,
     bn_momentum: Optional[float] = BN_OPT,
     seed: int = SEED_OPT,
-    run: Optional[Path] = typer.Option(None, "--run", help="Run folder (default artifacts/<model>-<dataset>-pipeline)."),
+    run: Optional[Path] = PIPELINE_RUN_OPT,
     train_limit: Optional[int] = TRAIN_LIMIT_OPT,
     test_limit: Optional[int] = TEST_LIMIT_OPT,
     force: bool = flag("--force", help="Redo every stage even if its inputs are unchanged."),
@@ -498,18 +497,12 @@ def pipeline(
     """The whole job, no flags needed: train the default model on Fashion-MNIST, convert it to every
     kind, validate on the full test set, bench on CPU, report. Stages whose inputs are unchanged (by
     hash) are re-used. Exits 4 if an artifact fails validation."""
-    from exporter.errors import ValidationFailed
-    from exporter.pipeline import PipelineConfig, run_pipeline
-    from exporter.train import resolve_recipe
-
-    cfg = PipelineConfig(model=model, dataset=dataset, seed=seed, train_limit=train_limit, test_limit=test_limit,
-                         recipe=resolve_recipe(recipe, epochs=epochs, lr=lr, bn_momentum=bn_momentum))
-
     def on_stage(name, status, seconds):
         if not json_out:
             err.print(f"[bold]{name}[/]: {status} ({seconds:.1f}s)")
 
-    result = run_pipeline(cfg, run=run, force=force, data_dir=data_dir, progress=progress(json_out), on_stage=on_stage)
+    result = run_pipeline(_options(PipelineOptions, locals()), run=run, force=force, progress=progress(json_out),
+                          on_stage=on_stage)
     if json_out:
         print_json({k: v for k, v in result.items() if k != "report"} | {"report": result["report"].get("markdown")})
     else:
@@ -527,17 +520,16 @@ app.add_typer(experiment_app, name="experiment")
 @experiment_app.command("depth", short_help="Seed 003: plain vs residual CNNs at 12/20/32/50 layers.")
 @boundary(tensorflow=True)
 def experiment_depth(
-    out_dir: Path = typer.Option(Path("artifacts/depth-study"), "--out", help="Folder for depth.json/.md/.png "
-                                 "and the runs."),
-    depths: str = typer.Option("12,20,32,50", "--depths", help="Depths to train (each as plain and residual)."),
-    recipe: str = typer.Option("seed", "--recipe", help=_recipe_help()),
+    out_dir: Path = OUT_OPT,
+    depths: str = DEPTHS_OPT,
+    recipe: str = _recipe_opt(DepthOptions.recipe),
     epochs: Optional[int] = EPOCHS_OPT,
     lr: Optional[float] = LR_OPT,
     bn_momentum: Optional[float] = BN_OPT,
     seed: int = SEED_OPT,
     train_limit: Optional[int] = TRAIN_LIMIT_OPT,
     test_limit: Optional[int] = TEST_LIMIT_OPT,
-    device_note: str = typer.Option("", "--device-note", help="Where it ran (recorded in the results)."),
+    device_note: str = DEVICE_NOTE_OPT,
     force: bool = flag("--force", help="Retrain every model, replacing runs already in --out."),
     data_dir: Optional[Path] = DATA_OPT,
     json_out: bool = JSON_OPT,
@@ -547,19 +539,12 @@ def experiment_depth(
 
     Models already trained in --out with the same settings are reused, so a long study can be run
     a few depths at a time (e.g. --depths 12,20 then --depths 12,20,32,50)."""
-    from exporter import data as data_mod
-    from exporter.experiment import depth_study
-    from exporter.train import resolve_recipe
-
-    ds = data_mod.load_dataset("fashion_mnist", data_dir=data_dir, train_limit=train_limit, test_limit=test_limit)
-
     def on_model(name, acc, seconds, reused):
         if not json_out:
             note(f"{name}: {acc:.2%} ({seconds:.0f}s{', reused' if reused else ''})")
 
-    doc = depth_study(out=out_dir, recipe=resolve_recipe(recipe, epochs=epochs, lr=lr, bn_momentum=bn_momentum),
-                      dataset=ds, depths=_ints(depths, "--depths"), seed=seed, device_note=device_note, force=force,
-                      progress=progress(json_out), on_model=on_model)
+    options = _options(DepthOptions, locals(), out=out_dir, depths=_ints(depths, "--depths"))
+    doc = api.depth_study(options, force=force, progress=progress(json_out), on_model=on_model)
     if json_out:
         print_json(doc)
     else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from exporter import data as data_mod
@@ -29,7 +31,31 @@ from exporter.train import staged_run
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = 500
+
+class Status(Enum):
+    """What convert did with one kind."""
+
+    WRITTEN = "written"
+    UP_TO_DATE = "up to date"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class KindOutcome:
+    """One kind's status; `reason` says why a FAILED kind could not be made."""
+
+    status: Status
+    reason: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status is Status.FAILED
+
+    def __str__(self) -> str:  # what the CLI's table and --json show
+        return f"failed: {self.reason}" if self.failed else self.status.value
+
+
+WRITTEN, UP_TO_DATE = KindOutcome(Status.WRITTEN), KindOutcome(Status.UP_TO_DATE)
 
 
 def import_model(model_path: Path, *, run: Path | None, dataset: data_mod.Dataset | None = None,
@@ -166,10 +192,12 @@ def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: s
 
 
 def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
-            calib_samples: int = DEFAULT_CALIBRATION, force: bool = False, unsafe: bool = False,
+            calib_samples: int, force: bool = False, unsafe: bool = False,
             fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL,
-            int8: str | None = None, qat_epochs: float | None = None) -> dict:
-    """Export `kinds` from the run's reference model. Returns {kind: 'written'|'up to date'}.
+            int8: str | None = None, qat_epochs: float | None = None) -> dict[str, KindOutcome]:
+    """Export `kinds` from the run's reference model. Returns {kind: KindOutcome} (written, up to date,
+    or failed with its reason: one kind that cannot be made never takes the others with it).
+    Defaults of the flags are exporter.api.ConvertOptions'.
 
     int8 kinds come from exporter.quantize (make.Int8Session) by `int8`: 'ptq' (default: calibration
     only), 'qat' (quantisation-aware fine-tuning, `qat_epochs` passes over the training split, default
@@ -202,12 +230,12 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy, int8_keys[kind.name]))
             for kind in kinds}
 
-    status: dict[str, str] = {}
+    status: dict[str, KindOutcome] = {}
     conflicts = []
     for kind in kinds:
         entry = run.artifact(kind.name)
         if _up_to_date(run, kind, entry, keys[kind.name]) and not force:
-            status[kind.name] = "up to date"
+            status[kind.name] = UP_TO_DATE
         elif (run / kind.filename).exists() and not force:
             conflicts.append(kind.filename)
     if conflicts:
@@ -246,12 +274,12 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
                     reason = " ".join(reason.split())
                     log.warning("%s could not be made: %s", kind.name, reason, exc_info=log.isEnabledFor(logging.DEBUG))
                     run.record_export_failure(kind.name, reason, keys[kind.name])
-                    status[kind.name] = f"failed: {reason}"
+                    status[kind.name] = KindOutcome(Status.FAILED, reason)
                     task.advance()
                     continue
                 run.clear_export_failure(kind.name)
                 run.set_artifact(kind.name, entry)
-                status[kind.name] = "written"
+                status[kind.name] = WRITTEN
                 log.info("wrote %s (%d bytes)", run / kind.filename, entry["bytes"])
                 task.advance()
     finally:

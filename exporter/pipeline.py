@@ -1,82 +1,54 @@
 """The whole job: train -> convert (all kinds) -> validate -> bench (CPU) -> report.
 
-A plain sequence of stage calls. Each stage decides for itself whether its output is up to date, by
-the key of its declared inputs (exporter.manifest.inputs_key: model sha256, dataset identity,
-calibration, flags, versions), and answers "reused" or what it did. --force redoes everything."""
+A plain sequence of exporter.api calls, the data opened once and handed to each. Each stage decides for
+itself whether its output is up to date, by the key of its declared inputs (exporter.manifest.inputs_key:
+model sha256, dataset identity, calibration, flags, versions), and answers "reused" or what it did.
+--force redoes everything."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from exporter import formats
-from exporter.bench import BenchConfig, bench
-from exporter.convert import DEFAULT_CALIBRATION, convert
-from exporter.progress import NULL, Progress
-from exporter.report import write_report
-from exporter.run import Run, default_run_path
-from exporter.train import Recipe, train
-from exporter.validate import validate
+from exporter import api
+from exporter.api import PipelineOptions
 from exporter.data.choose import open_data
-
-PIPELINE_BENCH = BenchConfig(batches=(1, 64), warmup=3, min_runs=10, min_time=0.5)
-
-
-@dataclass
-class PipelineConfig:
-    model: str = "resmini"
-    dataset: str = "fashion_mnist"
-    recipe: Recipe = None
-    seed: int = 0
-    train_limit: int | None = None
-    test_limit: int | None = None
-    calib_samples: int = DEFAULT_CALIBRATION
-    bench: BenchConfig = field(default_factory=lambda: PIPELINE_BENCH)
+from exporter.progress import NULL, Progress
+from exporter.run import Run, default_run_path
 
 
-def default_run(cfg: PipelineConfig) -> Path:
-    return default_run_path(cfg.model, cfg.dataset, tag="pipeline")
+def default_run(options: PipelineOptions) -> Path:
+    return default_run_path(options.model, options.data, tag="pipeline")
 
 
-def run_pipeline(cfg: PipelineConfig, *, run: Path | None = None, force: bool = False, data_dir=None,
+def run_pipeline(options: PipelineOptions | None = None, *, run: Path | None = None, force: bool = False,
                  progress: Progress = NULL, on_stage=lambda name, status, seconds: None) -> dict:
-    """Run every stage; returns {"run", "stages": {name: {"status", "seconds"}}, "validation_passed", "report"}."""
-    run = Path(run or default_run(cfg))
+    """Run every stage; returns {"run", "stages": {name: {"status", "seconds"}}, "validation_passed", "report",
+    "test_accuracy"}."""
+    o = options or PipelineOptions()
+    run = Path(run or default_run(o))
+    ds = open_data(o.data, data_dir=o.data_dir, train_limit=o.train_limit, test_limit=o.test_limit)
     stages: dict[str, dict] = {}
-    results: dict[str, dict] = {}
 
-    def stage(name, fn):
+    def stage(name, fn, status):
         t0 = time.perf_counter()
-        status = fn()
-        stages[name] = {"status": status, "seconds": round(time.perf_counter() - t0, 1)}
-        on_stage(name, status, stages[name]["seconds"])
+        result = fn()
+        stages[name] = {"status": status(result), "seconds": round(time.perf_counter() - t0, 1)}
+        on_stage(name, stages[name]["status"], stages[name]["seconds"])
+        return result
 
-    ds = open_data(cfg.dataset, data_dir=data_dir, train_limit=cfg.train_limit, test_limit=cfg.test_limit)
+    def reused_or(done):
+        return lambda result: "reused" if result.reused else done
 
-    def do_train():
-        res = train(model_name=cfg.model, dataset=ds, run=run, recipe=cfg.recipe, seed=cfg.seed, force=force,
-                    reuse=True, progress=progress)
-        return "reused" if res.reused else "trained"
-
-    def do_convert():
-        status = convert(run=run, kinds=formats.EXPORTABLE, dataset=ds, calib_samples=cfg.calib_samples,
-                         force=force, progress=progress)
-        return "reused" if all(v == "up to date" for v in status.values()) else "converted"
-
-    def reused_or_done(name, fn):
-        def go():
-            results[name] = fn()
-            return "reused" if results[name].get("reused") else "done"
-        return go
-
-    stage("train", do_train)
-    stage("convert", do_convert)
-    stage("validate", reused_or_done("validate", lambda: validate(run=run, dataset=ds, progress=progress,
-                                                                  reuse=not force)))
-    stage("bench", reused_or_done("bench", lambda: bench(run=run, dataset=ds, cfg=cfg.bench, progress=progress,
-                                                         reuse=not force)))
-    report = {}
-    stage("report", lambda: report.update(write_report(run)) or "written")
-    return {"run": str(run), "stages": stages, "validation_passed": results["validate"]["passed"], "report": report,
+    stage("train", lambda: api.train(o.train_options(), run=run, force=force, reuse=True, dataset=ds,
+                                     progress=progress), reused_or("trained"))
+    stage("convert", lambda: api.convert(run=run, options=o.convert, force=force, dataset=ds, progress=progress),
+          lambda c: "reused" if c.up_to_date else "converted")
+    validation = stage("validate", lambda: api.validate(run, limit=o.test_limit, data_dir=o.data_dir,
+                                                        reuse=not force, dataset=ds, progress=progress),
+                       reused_or("done"))
+    stage("bench", lambda: api.bench(run, options=o.bench, reuse=not force, dataset=ds, progress=progress),
+          reused_or("done"))
+    report = stage("report", lambda: api.report(run), lambda _: "written")
+    return {"run": str(run), "stages": stages, "validation_passed": validation.passed, "report": report,
             "test_accuracy": Run(run).training.get("test_accuracy")}

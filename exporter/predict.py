@@ -84,7 +84,7 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def predict(*, run: Run | Path, paths: list[Path], kind: str | None = None, top_k: int = 5,
+def predict(*, run: Run | Path, paths: list[Path], kind: str | None = None, top_k: int,
             threads: int | None = None, unsafe: bool = False) -> dict:
     if top_k <= 0:
         raise UsageError(f"--top-k must be positive, got {top_k}")

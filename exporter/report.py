@@ -150,18 +150,19 @@ def summary_rows(table: dict, *, bold_fail: bool = False) -> list[list[str]]:
 CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds", "float layers"]
 
 
-def convert_rows(run, status: dict[str, str]) -> list[dict]:
-    """One row per kind convert was asked for: its file, size, whether it was written or kept, and
-    for an int8 artifact made with --fallback auto how many layers stayed float."""
+def convert_rows(run, status: dict) -> list[dict]:
+    """One row per kind convert was asked for (status: kind -> exporter.convert.KindOutcome): its file,
+    size, whether it was written or kept (or why it failed), and for an int8 artifact made with
+    --fallback auto how many layers stayed float."""
     run, rows = Run.of(run), []
     for kind, st in status.items():
         a = run.artifact(kind)
-        if a is None or st.startswith("failed"):  # the kind could not be made: its reason is its status
+        if a is None or st.failed:  # the kind could not be made: its reason is its status
 
-            rows.append({"kind": kind, "status": st, "file": formats.get(kind).filename, "bytes": None,
+            rows.append({"kind": kind, "status": str(st), "file": formats.get(kind).filename, "bytes": None,
                          "size": "–", "seconds": "–"})
             continue
-        rows.append({"kind": kind, "status": st, "file": a["file"], "bytes": a["bytes"],
+        rows.append({"kind": kind, "status": str(st), "file": a["file"], "bytes": a["bytes"],
                      "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}",
                      **({"float_layers": len(a.get("float_layers") or [])} if a.get("fallback") == "auto" else {})})
     return rows

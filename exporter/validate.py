@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 REFERENCE_CACHE = "reference_outputs.npz"
 
 
+BATCH_SIZE = 256  # images per inference call (exporter.api.ValidateOptions.batch_size)
+
+
 def reference_outputs(run: Run, dataset, *, batch_size, threads, unsafe, progress):
     """The reference model's outputs on the test set, and a description of where they came from
     (including its batch-invariance check).
@@ -232,7 +235,7 @@ def same_file(own: np.ndarray, other: np.ndarray, own_runtime: str, convention: 
 
 
 def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
-             overrides: dict | None = None, batch_size: int = 256, threads: int | None = None,
+             overrides: dict | None = None, batch_size: int = BATCH_SIZE, threads: int | None = None,
              unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
              reuse: bool = False, runtimes: list[str] | None = None) -> dict:
     """Validate the run's artifacts (all, or `kinds`) against its reference model on `dataset`'s test

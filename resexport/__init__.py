@@ -2,11 +2,13 @@
 
     import resexport as rx
 
-    run = rx.convert(model, data="digits/")   # keras.Model or path -> Run (a run folder)
-    result = rx.validate(run)                  # Validation (.passed, .artifacts, .failures())
-    timing = rx.bench(run, batches=(1, 32))    # Bench (.rows, .table())
+    conv = rx.convert(model, data="digits/")   # keras.Model or path -> Conversion (.run: a Run, .artifacts)
+    result = rx.validate(conv.run)             # Validation (.passed, .artifacts, .failures())
+    timing = rx.bench(conv.run, batches=(1, 32))  # Bench (.rows, .table())
 
-Everything here is `exporter.api`; errors are `resexport.ResexportError` and its subclasses.
+Each stage takes its options type (rx.ConvertOptions, rx.ValidateOptions, rx.BenchOptions, rx.TrainOptions)
+or the same fields as keywords. Everything here is `exporter.api`; errors are `resexport.ResexportError`
+and its subclasses.
 
 Importing resexport also registers the QAT layers with Keras (exporter.quantize.layers), so a QAT run's
 fine-tuned model opens with plain Keras: `keras.saving.load_model("artifacts/<run>/model_qat.keras")`.
@@ -18,11 +20,13 @@ import this package, so `resexport --help` stays fast.
 import importlib
 
 from exporter import __version__
-from exporter.api import Bench, Validation, bench, convert, report, train, validate
+from exporter.api import (Bench, BenchOptions, Conversion, ConvertOptions, KindOutcome, Status, TrainOptions,
+                          Validation, ValidateOptions, bench, convert, report, train, validate)
 from exporter.errors import ResexportError
 from exporter.run import Run
 
-__all__ = ["Bench", "ResexportError", "Run", "Validation", "__version__", "bench", "convert", "report", "train",
+__all__ = ["Bench", "BenchOptions", "Conversion", "ConvertOptions", "KindOutcome", "ResexportError", "Run", "Status",
+           "TrainOptions", "Validation", "ValidateOptions", "__version__", "bench", "convert", "report", "train",
            "validate"]
 
 

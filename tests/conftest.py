@@ -154,10 +154,12 @@ def converted_run(resmini_run, fmnist):
     edge box without TensorFlow needs, so no test depends on another having validated first.
     Tests that change the run copy it first (run_copy)."""
     from exporter import formats
+    from exporter.api import ConvertOptions
     from exporter.convert import convert
     from exporter.validate import validate
 
-    status = convert(run=resmini_run, kinds=formats.select("all", "all"), dataset=fmnist)
+    status = convert(run=resmini_run, kinds=formats.select("all", "all"), dataset=fmnist,
+                     calib_samples=ConvertOptions.calib_samples)
     assert set(status) == {k.name for k in formats.EXPORTABLE}
     validate(run=resmini_run, dataset=fmnist, kinds=["tflite-fp32"])  # computes and caches the reference
     return resmini_run

@@ -246,10 +246,16 @@ def test_the_python_api_converts_validates_and_benches_an_in_memory_model(tmp_pa
     import resexport as rx
 
     model = keras.saving.load_model(_tutorial_mlp(tmp_path / "mlp.keras", mnist_like_npz))
-    run = rx.convert(model, data=mnist_like_npz, run=tmp_path / "api-run", format="all", quantize="none")
-    assert isinstance(run, rx.Run) and set(run.artifacts) == {"tflite-fp32", "onnx-fp32"}
+    conv = rx.convert(model, data=mnist_like_npz, run=tmp_path / "api-run", format="all", quantize="none")
+    run = conv.run
+    assert isinstance(conv, rx.Conversion) and isinstance(run, rx.Run)
+    assert set(run.artifacts) == {"tflite-fp32", "onnx-fp32"} and not conv.failures()
+    assert {k: o.status for k, o in conv.artifacts.items()} == {"tflite-fp32": rx.Status.WRITTEN,
+                                                                 "onnx-fp32": rx.Status.WRITTEN}
+    again = rx.convert(run=run, options=rx.ConvertOptions(format="all"), quantize="none")  # options + a keyword
+    assert again.up_to_date and again.run.path == run.path
     assert run.preprocessing.model_shape == (28, 28) and run.output == "logits"
-    result = rx.validate(run)
+    result = rx.validate(conv)  # a Conversion stands for its run
     assert isinstance(result, rx.Validation) and result.passed and not result.failures()
     assert abs(result.reference_accuracy - result.artifacts["tflite-fp32"]["accuracy"]) < 2e-3
     timing = rx.bench(run, batches=(1,), min_runs=2, min_time=0, warmup=1, reference=False)

@@ -291,14 +291,14 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
     import shutil
 
     from exporter import manifest as mf
-    from exporter.convert import convert
+    from exporter.convert import Status, convert
 
     run = tmp_path / "run"
     shutil.copytree(trained_run.run, run)
     kinds = [formats.get("tflite-int8"), formats.get("onnx-int8")]
     status = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, force=True, int8="qat",
                      qat_epochs=0.01)
-    assert status == {"tflite-int8": "written", "onnx-int8": "written"}
+    assert {k: str(v) for k, v in status.items()} == {"tflite-int8": "written", "onnx-int8": "written"}
     man = mf.read_manifest(run)
     assert (run / "model_qat.keras").is_file()
     for name in ("tflite-int8", "onnx-int8"):
@@ -308,8 +308,8 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
         assert entry["qat"]["claims"]["keeps_the_original_accuracy"]["gates"]["min_agreement"] is None
         assert entry["qat"]["steps"] >= 1 and entry["qat"]["lr"] > 0 and entry["qat"]["seconds"] >= 0
     assert man["artifacts"]["tflite-int8"]["inputs"][0]["dtype"] == "uint8"  # app-ready (README, Use the files in an app)
-    assert convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01) == \
-        {"tflite-int8": "up to date", "onnx-int8": "up to date"}
+    again = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01)
+    assert {k: v.status for k, v in again.items()} == {"tflite-int8": Status.UP_TO_DATE, "onnx-int8": Status.UP_TO_DATE}
     json.dumps(man)  # the records are plain JSON
 
     # validate judges a QAT artifact against the fine-tuned model it came from, and only that one
@@ -474,7 +474,7 @@ def test_auto_fallback_on_top_of_qat_is_judged_as_qat(trained_run, fmnist, tmp_p
     kinds = [formats.get("tflite-int8"), formats.get("onnx-int8")]
     status = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, force=True, int8="auto",
                      qat_epochs=0.01)
-    assert status == {"tflite-int8": "written", "onnx-int8": "written"}, status
+    assert {k: str(v) for k, v in status.items()} == {"tflite-int8": "written", "onnx-int8": "written"}, status
     for name in ("tflite-int8", "onnx-int8"):
         entry = Run.of(run).artifact(name)
         assert [s["remedy"] for s in entry["ladder"]] == ["ptq", "qat", "fallback"], entry["ladder"]

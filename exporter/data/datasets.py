@@ -409,7 +409,7 @@ class Calibration:
         return {"split": "train", "count": int(len(self.indices)), "indices_sha256": self.hash, **self.extra}
 
 
-def calibration_set(ds: Dataset, n: int = 500, *, seed: int = 0) -> Calibration:
+def calibration_set(ds: Dataset, n: int, *, seed: int = 0) -> Calibration:
     """A stratified calibration subset drawn from the TRAINING split only (for the user's own data:
     its train split, or the --calib-data images standing in for it), so it is disjoint from the test
     set that validation uses by construction; for the user's data that is also checked by the
@@ -417,7 +417,7 @@ def calibration_set(ds: Dataset, n: int = 500, *, seed: int = 0) -> Calibration:
     all of them are used."""
     if n < MIN_CALIBRATION:
         raise UsageError(f"--calib-samples {n} is too few for int8 calibration",
-                         hint=f"use at least {MIN_CALIBRATION} (default 500)")
+                         hint=f"use at least {MIN_CALIBRATION}")
     if len(ds.y_train) == 0:
         raise UsageError(f"{ds.name} has no training images to calibrate int8 on",
                          hint="pass --calib-data PATH (an image folder or .npz), use a folder with train/ and "

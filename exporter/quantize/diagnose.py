@@ -334,8 +334,10 @@ def inspect(*, run: Path, kind: str, dataset: data_mod.Dataset, samples: int = D
     entry = run.artifact(kind)
     if entry is None:
         raise UsageError(f"{run} has no {kind} artifact", hint="make it with `resexport convert --quantize int8`")
-    calib_count = int((entry.get("calibration") or {}).get("count", 500))
-    calibration = data_mod.calibration_set(dataset, calib_count)
+    if "count" not in (entry.get("calibration") or {}):  # an artifact from before the count was recorded
+        raise UsageError(f"{run}: {kind} does not record the calibration set it was made with",
+                         hint="make it again with `resexport convert --quantize int8 --force`")
+    calibration = data_mod.calibration_set(dataset, int(entry["calibration"]["count"]))
     if (entry.get("calibration") or {}).get("indices_sha256") not in (None, calibration.hash):
         log.warning("the calibration set differs from the one %s was made with", kind)
     hold, _ = holdout(run, dataset, calibration, samples)
