@@ -23,8 +23,6 @@ from exporter.runtimes import load_runner
 from exporter.checks import REFERENCE_BATCH_TOLERANCE, batch_invariance, batch_problem, batch_sample
 from exporter.run import Run, default_run_path
 from exporter.data import choose
-from exporter.export.app import app_ready
-from exporter.export.onnx import int8_target
 from exporter.quantize.make import Int8Session, check_int8
 from exporter.runtimes.keras import KerasRunner
 from exporter.train import staged_run
@@ -166,14 +164,10 @@ def _int8_key(kind: formats.ArtifactKind, fallback: str, target_cpu: str, mode: 
     key = {"fallback": "auto" if mode == "fallback" else fallback}
     if mode in ("qat", "auto"):
         key = {"int8": mode, "qat": qat_settings or {}}
-    if kind.family == "onnx":
-        key["target_cpu"] = {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}
-        if mode in ("qat", "auto") and key["target_cpu"]["reduce_range"]:
-            key["qat_weights"] = "7-bit"  # QAT ONNX for AVX2 (before: 8-bit whatever the target)
-    return key
+    return {**key, **kind.backend().int8_key(target_cpu, mode)}
 
 
-APP_FORMAT = 1  # bumped when what export.app.app_ready writes changes (files made before are re-made)
+APP_FORMAT = 1  # bumped when what the backends' app_ready writes changes (files made before are re-made)
 CONVERTER_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "keras")
 
 
@@ -299,8 +293,9 @@ def _export_one(kind: formats.ArtifactKind, *, run: Run, source: ExportSource, c
         details = kind.load_exporter()(source, out, None)
     # after export, so the exporters stay pure and deterministic: the SDK's metadata and interface, then the
     # gate again on the final file (its record replaces the exporter's)
-    details["conformance"] = app_ready(kind.name, out, deploy, name=run.model_name or run.path.name,
-                                       version=f"resexport {__version__}", num_classes=source.num_classes)
+    details["conformance"] = kind.backend().app_ready(out, deploy, name=run.model_name or run.path.name,
+                                                      version=f"resexport {__version__}",
+                                                      num_classes=source.num_classes)
     runner = load_runner(out, kind=kind.name)
     entry = {
         "kind": kind.name, "file": kind.filename, "family": kind.family, "quantize": kind.quantize,

@@ -65,6 +65,10 @@ class ArtifactKind:
     def load_runner_class(self):
         return own_runtime(self.family).load_runner_class()
 
+    def backend(self):
+        """The exporting family's backend module (FAMILIES): what convert and quantize/ ask of the family."""
+        return FAMILIES[self.family].load_backend()
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -86,6 +90,26 @@ class Runtime:
             return self.package is None or importlib.util.find_spec(self.package) is not None
         except (ImportError, ValueError):
             return False
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family that resexport writes files of. Its backend module offers, under the same names in every
+    family (so no stage branches on the family): the kinds' exporters (the kind rows name them),
+    `export_qat_int8(qat_model, out, input_shape, *, target_cpu)`, `int8_key(target_cpu, mode) -> dict`
+    (what besides model and calibration an int8 file depends on) and `app_ready(path, deploy, *, name,
+    version, num_classes) -> dict` (the SDK's metadata and interface, through the conformance gate again).
+    `diagnosis` is quantize/'s per-layer int8 diagnosis and selective quantiser for the family."""
+
+    name: str
+    backend: str     # module
+    diagnosis: str   # "module:Class"
+
+    def load_backend(self):
+        return importlib.import_module(self.backend)
+
+    def load_diagnosis(self):
+        return _load(self.diagnosis)
 
 
 def _load(dotted: str):
@@ -135,7 +159,13 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
                         "only when named", default=False),
 )}
 
+FAMILIES: dict[str, Family] = {f.name: f for f in (
+    Family("tflite", _TFL, "exporter.quantize.diagnose:TFLiteInt8"),
+    Family("onnx", _ONX, "exporter.quantize.diagnose:OnnxInt8"),
+)}
+
 EXPORTABLE = [k for k in KINDS.values() if k.exporter]
+INSPECTABLE = [k.name for k in EXPORTABLE if k.needs_calibration and k.family in FAMILIES]  # per-layer int8 error
 FORMAT_CHOICES = ("tflite", "onnx", "all")
 QUANTIZE_CHOICES = ("none", "float16", "dynamic", "int8", "all")
 SUFFIX_FAMILY = {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".tflite": "tflite", ".onnx": "onnx"}

@@ -321,3 +321,18 @@ def export_qat_int8(qat_model, out: Path, input_shape, target_cpu: str = "auto")
     return _details(start, conformance=record, target_cpu=target,
                     converter="tf2onnx.convert.from_function (QAT FakeQuant -> QDQ, uint8 activations) + "
                               f"{bits} per-channel weights / int32 biases (quantize.qat.onnx_weight_qdq)")
+
+
+def int8_key(target_cpu: str, mode: str) -> dict:
+    """What an ONNX int8 file depends on besides model, calibration and remedy: ONNX Runtime's int8 settings
+    for --target-cpu (refused here if unknown), and 7-bit QAT weights for AVX2."""
+    key = {"target_cpu": {k: v for k, v in int8_target(target_cpu).items() if k != "requested"}}
+    if mode in ("qat", "auto") and key["target_cpu"]["reduce_range"]:
+        key["qat_weights"] = "7-bit"  # QAT ONNX for AVX2 (before: 8-bit whatever the target)
+    return key
+
+
+def app_ready(path: Path, deploy: dict, *, name: str, version: str, num_classes=None) -> dict:
+    """The metadata an app reads (APP_KEYS) in the file's metadata_props, through the conformance gate again."""
+    props = app_metadata(deploy, name=name, version=version)
+    return {**write_metadata(Path(path), props), "app": {"metadata_props": sorted(props)}}

@@ -10,6 +10,7 @@ import numpy as np
 from exporter.errors import ResexportError, UsageError
 from exporter.export.conformance import write_checked
 from exporter.export.source import ExportSource, tensorflow
+from exporter.export.tflite_app import AppSpec, make_app_ready
 from exporter.quiet import native_stderr_hidden
 
 
@@ -144,9 +145,10 @@ def quantize_debug_model(calibrated: bytes) -> bytes:
                                          enable_numeric_verify=True)
 
 
-def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
+def export_qat_int8(qat_model, out: Path, input_shape, *, target_cpu: str = "auto") -> dict:
     """Full-int8 TFLite from a quantisation-aware model (exporter.quantize.qat): the FakeQuant ranges
-    become the file's quantisation, int8 input and output like export_int8, no calibration pass."""
+    become the file's quantisation, int8 input and output like export_int8, no calibration pass.
+    `target_cpu` is ONNX's choice: LiteRT's int8 kernels take the same file on every CPU."""
     from exporter.quantize import qat
 
     start = time.perf_counter()
@@ -161,3 +163,17 @@ def export_qat_int8(qat_model, out: Path, input_shape) -> dict:
                            num_classes=int(qat_model.output_shape[-1]))
     return {"converter": "tf.lite.TFLiteConverter.from_concrete_functions (QAT FakeQuant ranges; int8 input/output)",
             "conformance": record, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def int8_key(target_cpu: str, mode: str) -> dict:
+    """What a TFLite int8 file depends on besides model, calibration and remedy: nothing (one file for every CPU)."""
+    return {}
+
+
+def app_ready(path: Path, deploy: dict, *, name: str, version: str, num_classes=None) -> dict:
+    """Make a written .tflite app-ready in place (exporter.export.tflite_app: MediaPipe Tasks' metadata, RGB
+    input for gray models, uint8 I/O for int8), through the conformance gate again; returns the gate's
+    record of the final file with what was done under "app"."""
+    blob, record = make_app_ready(Path(path).read_bytes(), AppSpec.from_deployment(deploy, name=name, version=version))
+    return {**write_checked(Path(path), blob, "tflite", input_shape=record["input"]["shape"][1:],
+                            num_classes=num_classes, input_dtypes=(record["input"]["dtype"],)), "app": record}

@@ -47,7 +47,7 @@ from exporter.runtimes import load_runner
 
 log = logging.getLogger(__name__)
 
-INSPECTABLE = ("tflite-int8", "onnx-int8")
+INSPECTABLE = formats.INSPECTABLE
 DEFAULT_SAMPLES = 200        # images the per-layer errors are measured on
 DEFAULT_HOLDOUT = 5000       # images the fallback search measures agreement on (exporter.quantize.judge)
 
@@ -74,7 +74,7 @@ def _check_kind(kind: str) -> formats.ArtifactKind:
     row = formats.get(kind)
     if kind not in INSPECTABLE:
         raise UsageError(f"--artifact {kind} is not a calibrated int8 kind: per-layer quantisation error is "
-                         f"measured for {', '.join(INSPECTABLE)}", hint="pass --artifact tflite-int8 or onnx-int8")
+                         f"measured for {', '.join(INSPECTABLE)}", hint=f"pass --artifact {' or '.join(INSPECTABLE)}")
     return row
 
 
@@ -298,11 +298,9 @@ class OnnxInt8:
         self._tmp.cleanup()
 
 
-BACKENDS = {"tflite": TFLiteInt8, "onnx": OnnxInt8}
-
-
 def _backend(kind: formats.ArtifactKind, source, calibration, target_cpu: str):
-    return BACKENDS[kind.family](source, calibration, target_cpu=target_cpu)
+    """The family's diagnosis (formats.FAMILIES names it): TFLiteInt8 or OnnxInt8 above."""
+    return formats.FAMILIES[kind.family].load_diagnosis()(source, calibration, target_cpu=target_cpu)
 
 
 # ------------------------------------------------------------------------------------ inspect

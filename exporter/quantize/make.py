@@ -24,7 +24,6 @@ import numpy as np
 from exporter import formats
 from exporter.errors import ResexportError, UsageError
 from exporter.fsutil import atomic_path, sha256_file
-from exporter.export import onnx as onx, tflite as tfl
 from exporter.export.conformance import write_checked
 from exporter.export.source import ExportSource
 from exporter.quantize.diagnose import DEFAULT_HOLDOUT, fallback_search, holdout, holdout_seen
@@ -174,10 +173,8 @@ class Int8Session:
 
     def qat(self, kind, out: Path, judged: bool = True) -> dict:
         qmodel, record, qat_ref = self.qat_model()
-        if kind.family == "tflite":
-            details = tfl.export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]))
-        else:
-            details = onx.export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]), target_cpu=self.target_cpu)
+        details = kind.backend().export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]),
+                                                 target_cpu=self.target_cpu)
         result = {"int8": "qat", "fallback": "none", "float_layers": [], **details, "qat": record}
         if judged:
             result["qat"] = {**record, **self.qat_claims(kind, out, qat_ref)}
