@@ -432,9 +432,7 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
     stored with the checkpoint so `train --resume RUN` can repeat them. With reuse=True, a run
     already there that was trained with the same inputs is returned as it is (reused=True)."""
     keras = require("keras", extra="full", purpose="Training")  # a missing backend: one line (exit 5)
-
-    from exporter.models import MODELS, OUTPUT_CONVENTION, build_model, count_depth  # both import Keras
-    from exporter.stream import Batches, epoch_setter
+    from exporter import models, stream  # both import Keras: the edge box imports this module without it
 
     run = Path(run)
     augment = tuple(augment or ())
@@ -443,13 +441,57 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
     if max_batches is not None and max_batches <= 0:
         raise UsageError(f"--max-batches must be positive, got {max_batches}")
     streaming = {"augment": augment, "val_split": val_split, "max_batches": max_batches}
-    inputs = training_inputs(model_name, dataset, recipe, seed, **streaming)
     key = training_key(model_name, dataset, recipe, seed, **streaming)
     if reuse and not force:
         existing = existing_run(run, key)
         if existing is not None:
             return existing
-    if run.exists() and any(run.iterdir()) and not force:  # fail before the slow part
+    state = _staging_state(run, key, resume=resume, force=force)
+    staging = staging_dir(run)
+    ckpt_dir = ensure_dir(staging / CHECKPOINT_DIR)
+    try:
+        dev = resolve_devices(devices)
+        if recipe.batch_size % dev.count:
+            raise UsageError(f"--batch-size {recipe.batch_size} does not split across {dev.count} devices",
+                             hint=f"use a multiple of {dev.count}")
+        workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
+        streams = _streams(stream.Batches, dataset, recipe, dev, seed=seed, workers=workers, state=state, **streaming)
+        fit = _fit(keras, models, stream, model_name, dataset, recipe, dev, streams, state=state, seed=seed, ckpt_dir=ckpt_dir,
+                   base={"run": str(run), "inputs_key": key, "seed": seed, "command": command or {}},
+                   steps_per_execution=steps_per_execution, progress=progress)
+        model = fit.model if dev.count == 1 else _on_one_device(models, fit.model, model_name, dataset)
+        test = stream.Batches(dataset.x_test, dataset.y_test, np.arange(len(dataset.y_test)), 500, workers=workers)
+        with progress.task("evaluating on the test set", total=None):
+            try:
+                test_loss, test_acc = model.evaluate(test, verbose=0)
+            finally:
+                test.close()
+        for stale in (MODEL_FILE, HISTORY_FILE, mf.MANIFEST):
+            (staging / stale).unlink(missing_ok=True)
+        model.save(staging / MODEL_FILE)
+        (staging / HISTORY_FILE).write_text(json.dumps(fit.history, indent=2) + "\n")
+        training = {"inputs_key": key, "inputs": training_inputs(model_name, dataset, recipe, seed, **streaming),
+                    **_training_record(recipe, dev, streams, fit, seed=seed, augment=augment, val_split=val_split,
+                                       state=state),
+                    "test_accuracy": float(test_acc), "test_loss": float(test_loss)}
+        mf.write_manifest(staging, _run_manifest(models, staging, model, model_name, dataset, training))
+        shutil.rmtree(staging / CHECKPOINT_DIR, ignore_errors=True)
+        _promote(staging, run, force=force)
+    except BaseException:
+        if not (staging / CHECKPOINT_DIR / STATE_FILE).exists():  # nothing to resume: leave nothing
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            log.warning("training of %s stopped; its last complete epoch is kept in %s "
+                        "(resume: resexport train --resume %s)", run, staging, run)
+        raise
+    log.info("trained %s: test accuracy %.4f in %.1fs -> %s", model_name, test_acc, fit.seconds, run)
+    return TrainResult(run, float(test_acc), float(test_loss), fit.seconds, recipe.epochs, model, resumed=bool(state))
+
+
+def _staging_state(run: Path, key: str, *, resume: bool, force: bool) -> dict | None:
+    """Check the run folder can be written (before the slow part) and return the checkpoint state of an
+    interrupted run with the same inputs to continue (None: start afresh, its staging folder cleared)."""
+    if run.exists() and any(run.iterdir()) and not force:
         raise OutputExistsError(f"run folder {run} already exists",
                                 hint="pass --force to replace it, or choose another --run")
     ensure_dir(run.parent)  # an unwritable --run fails now, not after the training
@@ -460,128 +502,140 @@ def train(*, model_name: str, dataset: Dataset, run: Path, recipe: Recipe, seed:
                                 hint=f"resume it with `resexport train --resume {run}`, or pass --force to discard it")
     if state is None and staging.exists():
         shutil.rmtree(staging)
-    ckpt_dir = ensure_dir(staging / CHECKPOINT_DIR)
+    return state
+
+
+@dataclass
+class _Streams:
+    train: object
+    val: object | None
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+
+def _streams(Batches, dataset: Dataset, recipe: Recipe, dev, *, seed: int, workers: int, state, augment, val_split,
+             max_batches) -> _Streams:
+    """The training and validation batches (exporter.stream), sharded for this process."""
+    n_train = len(dataset.y_train)
+    if val_split:
+        train_idx, val_idx = split_indices(np.asarray(dataset.y_train), val_split, seed)
+    else:
+        train_idx, val_idx = np.arange(n_train), np.zeros(0, np.int64)
+    shard = (dev.process_index, dev.process_count)
+    stream = Batches(dataset.x_train, dataset.y_train, train_idx, recipe.batch_size, seed=seed, shuffle=True,
+                     augment=augment, drop_remainder=dev.count > 1, max_batches=max_batches, shard=shard,
+                     epoch=int(state["epoch"]) if state else 0, workers=workers)
+    val_batch = min(recipe.batch_size, len(val_idx) // dev.count * dev.count)  # full batches on N devices
+    if len(val_idx) and not val_batch:
+        stream.close()
+        raise UsageError(f"--val-split {val_split} holds out {len(val_idx)} images, fewer than the "
+                         f"{dev.count} devices", hint="raise --val-split")
+    val_stream = (Batches(dataset.x_train, dataset.y_train, val_idx, val_batch, drop_remainder=dev.count > 1,
+                          shard=shard, workers=workers) if len(val_idx) else None)
+    if stream.num_batches == 0:
+        stream.close()
+        raise UsageError(f"{len(train_idx)} training images make no full batch of {recipe.batch_size}",
+                         hint="lower --batch-size")
+    return _Streams(stream, val_stream, train_idx, val_idx)
+
+
+@dataclass
+class _Fit:
+    model: object
+    history: list
+    seconds: float
+    backend: str
+    steps_per_execution: int
+    resumed_from: list
+
+
+def _fit(keras, models, stream, model_name, dataset, recipe, dev, streams: _Streams, *, state, seed, ckpt_dir, base,
+         steps_per_execution, progress) -> _Fit:
+    """Build, compile and fit the model (from the checkpoint `state` when resuming), on the distribution
+    of `dev`; every epoch checkpointed in ckpt_dir. The streams are closed after."""
+    steps_per_epoch = streams.train.num_batches
+    backend = keras.backend.backend()
+    if steps_per_execution is None:  # JAX on an accelerator is much faster with fused steps
+        steps_per_execution = 1 if backend == "tensorflow" else min(16, steps_per_epoch)
+    previous = keras.distribution.distribution() if backend == "jax" else None
+    if dev.distribution is not None:
+        keras.distribution.set_distribution(dev.distribution)
     try:
-        dev = resolve_devices(devices)
-        if recipe.batch_size % dev.count:
-            raise UsageError(f"--batch-size {recipe.batch_size} does not split across {dev.count} devices",
-                             hint=f"use a multiple of {dev.count}")
-        n_train = len(dataset.y_train)
-        if val_split:
-            train_idx, val_idx = split_indices(np.asarray(dataset.y_train), val_split, seed)
-        else:
-            train_idx, val_idx = np.arange(n_train), np.zeros(0, np.int64)
-        workers = workers if workers is not None else max(1, min(4, os.cpu_count() or 1))
-        shard = (dev.process_index, dev.process_count)
-        stream = Batches(dataset.x_train, dataset.y_train, train_idx, recipe.batch_size, seed=seed, shuffle=True,
-                         augment=augment, drop_remainder=dev.count > 1, max_batches=max_batches, shard=shard,
-                         epoch=int(state["epoch"]) if state else 0, workers=workers)
-        val_batch = min(recipe.batch_size, len(val_idx) // dev.count * dev.count)  # full batches on N devices
-        if len(val_idx) and not val_batch:
-            raise UsageError(f"--val-split {val_split} holds out {len(val_idx)} images, fewer than the "
-                             f"{dev.count} devices", hint="raise --val-split")
-        val_stream = (Batches(dataset.x_train, dataset.y_train, val_idx, val_batch, drop_remainder=dev.count > 1,
-                              shard=shard, workers=workers) if len(val_idx) else None)
-        steps_per_epoch = stream.num_batches
-        if steps_per_epoch == 0:
-            raise UsageError(f"{len(train_idx)} training images make no full batch of {recipe.batch_size}",
-                             hint="lower --batch-size")
-        backend = keras.backend.backend()
-        if steps_per_execution is None:  # JAX on an accelerator is much faster with fused steps
-            steps_per_execution = 1 if backend == "tensorflow" else min(16, steps_per_epoch)
+        keras.utils.set_random_seed(seed)
+        model = models.build_model(model_name, dataset.input_shape, dataset.num_classes)
+        if recipe.bn_momentum is not None:
+            _set_bn_momentum(model, recipe.bn_momentum)
+        model.compile(optimizer=_optimizer(recipe, recipe.epochs * steps_per_epoch),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=steps_per_execution)
+        history: list[dict] = []
+        initial_epoch, before = 0, 0.0
+        if state is not None:
+            model.optimizer.build(model.trainable_variables)
+            model.load_weights(ckpt_dir / state["weights"])
+            _restore_rng(model, state.get("rng", {}))
+            initial_epoch, before = int(state["epoch"]), float(state.get("seconds", 0.0))
+            history = list(state.get("history", []))
+            log.info("resuming %s from epoch %d (%s)", base["run"], initial_epoch, ckpt_dir / state["weights"])
+        start = time.perf_counter()
+        base = {**base, "resumed_from": ([*state.get("resumed_from", []), initial_epoch] if state else [])}
+        remaining = max(recipe.epochs - initial_epoch, 0)
+        with progress.task(f"training {model_name} on {dataset.name}", total=remaining * steps_per_epoch) as task:
+            if remaining:
+                model.fit(streams.train, epochs=recipe.epochs, initial_epoch=initial_epoch,
+                          validation_data=streams.val,
+                          shuffle=False,  # the stream shuffles, by (seed, epoch); Keras' own shuffle is unseeded state
+                          verbose=0, callbacks=[stream.epoch_setter(streams.train),
+                                                _progress_callback(task, recipe.epochs, history),
+                                                _checkpoint_callback(model, ckpt_dir, base, history,
+                                                                     lambda: before + time.perf_counter() - start)])
+        seconds = before + time.perf_counter() - start
+    finally:
+        if backend == "jax":
+            keras.distribution.set_distribution(previous)
+        for s_ in (streams.train, streams.val):
+            if s_ is not None:
+                s_.close()
+    return _Fit(model, history, seconds, backend, steps_per_execution, base["resumed_from"])
 
-        previous = keras.distribution.distribution() if backend == "jax" else None
-        if dev.distribution is not None:
-            keras.distribution.set_distribution(dev.distribution)
-        try:
-            keras.utils.set_random_seed(seed)
-            model = build_model(model_name, dataset.input_shape, dataset.num_classes)
-            if recipe.bn_momentum is not None:
-                _set_bn_momentum(model, recipe.bn_momentum)
-            model.compile(optimizer=_optimizer(recipe, recipe.epochs * steps_per_epoch),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                          steps_per_execution=steps_per_execution)
-            history: list[dict] = []
-            initial_epoch, before = 0, 0.0
-            if state is not None:
-                model.optimizer.build(model.trainable_variables)
-                model.load_weights(ckpt_dir / state["weights"])
-                _restore_rng(model, state.get("rng", {}))
-                initial_epoch, before = int(state["epoch"]), float(state.get("seconds", 0.0))
-                history = list(state.get("history", []))
-                log.info("resuming %s from epoch %d (%s)", run, initial_epoch, ckpt_dir / state["weights"])
-            start = time.perf_counter()
-            base = {"run": str(run), "inputs_key": key, "seed": seed, "command": command or {},
-                    "resumed_from": ([*state.get("resumed_from", []), initial_epoch] if state else [])}
-            remaining = max(recipe.epochs - initial_epoch, 0)
-            with progress.task(f"training {model_name} on {dataset.name}", total=remaining * steps_per_epoch) as task:
-                if remaining:
-                    model.fit(stream, epochs=recipe.epochs, initial_epoch=initial_epoch, validation_data=val_stream,
-                              shuffle=False,  # the stream shuffles, by (seed, epoch); Keras' own shuffle is unseeded state
-                              verbose=0, callbacks=[epoch_setter(stream), _progress_callback(task, recipe.epochs, history),
-                                                    _checkpoint_callback(model, ckpt_dir, base, history,
-                                                                         lambda: before + time.perf_counter() - start)])
-            seconds = before + time.perf_counter() - start
-        finally:
-            if backend == "jax":
-                keras.distribution.set_distribution(previous)
-            for s_ in (stream, val_stream):
-                if s_ is not None:
-                    s_.close()
 
-        if dev.count > 1:  # evaluate every test image on one device (a split batch needs full batches)
-            single = build_model(model_name, dataset.input_shape, dataset.num_classes)
-            single.set_weights([np.asarray(w) for w in model.get_weights()])
-            single.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            model = single
-        test = Batches(dataset.x_test, dataset.y_test, np.arange(len(dataset.y_test)), 500, workers=workers)
-        with progress.task("evaluating on the test set", total=None):
-            try:
-                test_loss, test_acc = model.evaluate(test, verbose=0)
-            finally:
-                test.close()
+def _on_one_device(models, model, model_name: str, dataset: Dataset):
+    """The trained model on one device, to evaluate every test image (a split batch needs full batches)."""
+    single = models.build_model(model_name, dataset.input_shape, dataset.num_classes)
+    single.set_weights([np.asarray(w) for w in model.get_weights()])
+    single.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return single
 
-        resumed = bool(state)
-        for stale in (MODEL_FILE, HISTORY_FILE, mf.MANIFEST):
-            (staging / stale).unlink(missing_ok=True)
-        model.save(staging / MODEL_FILE)
-        (staging / HISTORY_FILE).write_text(json.dumps(history, indent=2) + "\n")
-        per_process = recipe.batch_size // dev.process_count
-        manifest = {
-            "created": mf.now_iso(),
-            "model": {"name": model_name, "file": MODEL_FILE, "sha256": sha256_file(staging / MODEL_FILE),
-                      "bytes": (staging / MODEL_FILE).stat().st_size, "params": int(model.count_params()),
-                      "depth": count_depth(model), "source": MODELS[model_name].source,
-                      "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
-                      "input_name": model.inputs[0].name if model.inputs else "image",
-                      "output": OUTPUT_CONVENTION, "output_detected_by": "registry model (softmax head)",
-                      "format": "keras"},
-            "dataset": dataset.describe(),
-            **({"preprocessing": dataset.preprocessing.to_dict()} if dataset.preprocessing is not None else {}),
-            "training": {"inputs_key": key, "inputs": inputs, "recipe": asdict(recipe), "seed": seed,
-                         "backend": backend, "devices": dev.describe(),
-                         "global_batch": recipe.batch_size, "per_device_batch": recipe.batch_size // dev.count,
-                         **({"per_process_batch": per_process} if dev.process_count > 1 else {}),
-                         "streaming": {**stream.describe(), "shuffle_seed": seed},
-                         "augmentation": list(augment),
-                         "validation": ({"fraction": val_split, "images": int(len(val_idx)), "seed": seed,
-                                         "from": "training split (stratified)"} if len(val_idx) else None),
-                         "train_images": int(len(train_idx)),
-                         "resumed": resumed, **({"resumed_from_epochs": base["resumed_from"]} if resumed else {}),
-                         "steps_per_execution": steps_per_execution, "seconds": round(seconds, 1),
-                         "test_accuracy": float(test_acc), "test_loss": float(test_loss)},
-            "versions": mf.library_versions(),
-            "artifacts": {},
-        }
-        mf.write_manifest(staging, manifest)
-        shutil.rmtree(staging / CHECKPOINT_DIR, ignore_errors=True)
-        _promote(staging, run, force=force)
-    except BaseException:
-        if not (staging / CHECKPOINT_DIR / STATE_FILE).exists():  # nothing to resume: leave nothing
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            log.warning("training of %s stopped; its last complete epoch is kept in %s "
-                        "(resume: resexport train --resume %s)", run, staging, run)
-        raise
-    log.info("trained %s: test accuracy %.4f in %.1fs -> %s", model_name, test_acc, seconds, run)
-    return TrainResult(run, float(test_acc), float(test_loss), seconds, recipe.epochs, model, resumed=resumed)
+
+def _training_record(recipe: Recipe, dev, streams: _Streams, fit: _Fit, *, seed, augment, val_split, state) -> dict:
+    """The manifest's `training` entry (without the key, inputs and test figures)."""
+    per_process = recipe.batch_size // dev.process_count
+    val_idx = streams.val_idx
+    return {"recipe": asdict(recipe), "seed": seed, "backend": fit.backend, "devices": dev.describe(),
+            "global_batch": recipe.batch_size, "per_device_batch": recipe.batch_size // dev.count,
+            **({"per_process_batch": per_process} if dev.process_count > 1 else {}),
+            "streaming": {**streams.train.describe(), "shuffle_seed": seed},
+            "augmentation": list(augment),
+            "validation": ({"fraction": val_split, "images": int(len(val_idx)), "seed": seed,
+                            "from": "training split (stratified)"} if len(val_idx) else None),
+            "train_images": int(len(streams.train_idx)),
+            "resumed": bool(state), **({"resumed_from_epochs": fit.resumed_from} if state else {}),
+            "steps_per_execution": fit.steps_per_execution, "seconds": round(fit.seconds, 1)}
+
+
+def _run_manifest(models, staging: Path, model, model_name: str, dataset: Dataset, training: dict) -> dict:
+    return {
+        "created": mf.now_iso(),
+        "model": {"name": model_name, "file": MODEL_FILE, "sha256": sha256_file(staging / MODEL_FILE),
+                  "bytes": (staging / MODEL_FILE).stat().st_size, "params": int(model.count_params()),
+                  "depth": models.count_depth(model), "source": models.MODELS[model_name].source,
+                  "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes,
+                  "input_name": model.inputs[0].name if model.inputs else "image",
+                  "output": models.OUTPUT_CONVENTION, "output_detected_by": "registry model (softmax head)",
+                  "format": "keras"},
+        "dataset": dataset.describe(),
+        **({"preprocessing": dataset.preprocessing.to_dict()} if dataset.preprocessing is not None else {}),
+        "training": training,
+        "versions": mf.library_versions(),
+        "artifacts": {},
+    }
