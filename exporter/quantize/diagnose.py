@@ -198,7 +198,8 @@ class OnnxInt8:
         onnx = require("onnx", extra="onnx", purpose="ONNX inspection")
         return onnx.load(str(path))
 
-    def layer_errors(self, images: np.ndarray) -> list[dict]:
+    def _matched_activations(self, images: np.ndarray) -> dict:
+        """ONNX Runtime's QDQ debugger: each quantised tensor's float, pre- and post-QDQ values on `images`."""
         dbg = require("onnxruntime.quantization.qdq_loss_debug", extra="onnx", purpose="ONNX inspection")
         qdq = self.folder / "qdq.onnx"
         self._onx.quantize_prepared(self.prepared, qdq, self.calibration, target=self.target)
@@ -207,7 +208,10 @@ class OnnxInt8:
             aug = self.folder / f"{name}_aug.onnx"
             dbg.modify_model_output_intermediate_tensors(str(path), str(aug))
             acts[name] = dbg.collect_activations(str(aug), self._onx.calibration_reader(images))
-        matched = dbg.create_activation_matching(acts["qdq"], acts["float"])
+        return dbg.create_activation_matching(acts["qdq"], acts["float"])
+
+    def layer_errors(self, images: np.ndarray) -> list[dict]:
+        matched = self._matched_activations(images)
         onnx = require("onnx", extra="onnx", purpose="ONNX inspection")
         model = onnx.shape_inference.infer_shapes(self._graph(self.prepared))
         graph = model.graph
@@ -413,31 +417,10 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
 
         try:
             order: list[dict] = []
+            chosen = 0
             if not trial(0, order):
                 order = layer_table(kind, source, calibration, hold.x[:samples], target_cpu=target_cpu)
-                n = len(order)
-                lo, hi = 0, None
-                k = 1
-                while hi is None:
-                    k = min(k, n)
-                    if trial(k, order):
-                        hi = k
-                    elif k == n:
-                        raise ValidationFailed(
-                            f"{kind.name}: even with all {n} quantised layers in float the hold-out agreement is "
-                            f"{trials[-1]['agreement']:.2f}% ({'; '.join(trials[-1]['failures'])}, as bounded)",
-                            hint="the loss is not in the layers (check the input/output quantisation)")
-                    else:
-                        lo, k = k, k * 2
-                while hi - lo > 1:  # fewest: bisect between the last failing and the first passing size
-                    mid = (lo + hi) // 2
-                    if trial(mid, order):
-                        hi = mid
-                    else:
-                        lo = mid
-                chosen = hi
-            else:
-                chosen = 0
+                chosen = _fewest(lambda k: trial(k, order), len(order), kind, trials)
             m, path = cache[chosen]
             names = sorted({n for r in order[:chosen] for n in r["float_layers"]})
 
@@ -446,14 +429,42 @@ def fallback_search(*, kind: formats.ArtifactKind, source, out: Path, calibratio
         finally:
             backend.close()
     return {**backend.details(), "fallback": "auto", "float_layers": names, "conformance": conformance,
-            "fallback_search": {
-                "holdout": {"split": "train", "count": int(len(hold.indices)), "indices_sha256": hold.hash,
-                            "excludes": "calibration images and the model's training subset (if recorded)"},
-                "judged_by": "exporter.quantize.judge: validate.check_gates on the hold-out's confidence bounds "
-                             "(Wilson lower bound of agreement, paired upper bound of the drop; when the slice may "
-                             "hold training images, also reweighted to the test inputs' difficulty)",
-                "seen_in_training": seen, "gates": {"min_agreement": gates.min_agreement, "max_drop": gates.max_drop},
-                "ranked_layers": len(order), "ranking": "channel_noise_to_signal per layer output (exporter.quantize.diagnose); a layer's float set is its "
-                           "op and the ops reading its output, so the tensor between them stays float",
-                "chosen": {k: v for k, v in m.items()}, "trials": trials,
-                "seconds": round(time.perf_counter() - start, 1)}}
+            "fallback_search": _search_record(hold, seen, gates, order, m, trials, start)}
+
+
+def _fewest(trial, n: int, kind, trials: list[dict]) -> int:
+    """The fewest of the n ranked layers to keep float for `trial(k)` to pass: k = 1, 2, 4, ... until one
+    passes, then bisected between the last k that failed and the first that passed."""
+    lo, hi, k = 0, None, 1
+    while hi is None:
+        k = min(k, n)
+        if trial(k):
+            hi = k
+        elif k == n:
+            raise ValidationFailed(
+                f"{kind.name}: even with all {n} quantised layers in float the hold-out agreement is "
+                f"{trials[-1]['agreement']:.2f}% ({'; '.join(trials[-1]['failures'])}, as bounded)",
+                hint="the loss is not in the layers (check the input/output quantisation)")
+        else:
+            lo, k = k, k * 2
+    while hi - lo > 1:  # fewest: bisect between the last failing and the first passing size
+        mid = (lo + hi) // 2
+        if trial(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _search_record(hold, seen, gates, order, chosen: dict, trials: list[dict], start: float) -> dict:
+    """The manifest's `fallback_search`: the hold-out, how trials were judged, every trial and the chosen one."""
+    return {"holdout": {"split": "train", "count": int(len(hold.indices)), "indices_sha256": hold.hash,
+                        "excludes": "calibration images and the model's training subset (if recorded)"},
+            "judged_by": "exporter.quantize.judge: validate.check_gates on the hold-out's confidence bounds "
+                         "(Wilson lower bound of agreement, paired upper bound of the drop; when the slice may "
+                         "hold training images, also reweighted to the test inputs' difficulty)",
+            "seen_in_training": seen, "gates": {"min_agreement": gates.min_agreement, "max_drop": gates.max_drop},
+            "ranked_layers": len(order),
+            "ranking": "channel_noise_to_signal per layer output (exporter.quantize.diagnose); a layer's float set is "
+                       "its op and the ops reading its output, so the tensor between them stays float",
+            "chosen": dict(chosen), "trials": trials, "seconds": round(time.perf_counter() - start, 1)}
