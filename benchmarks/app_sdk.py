@@ -19,6 +19,7 @@ from _common import ROOT, machine, save
 
 import resexport as rx  # noqa: E402
 from exporter import formats  # noqa: E402
+from tests import user_models as um  # noqa: E402
 from tests.owndata_helpers import write_folder  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -87,6 +88,7 @@ def markdown(doc: dict) -> str:
 def main() -> None:
     import mediapipe
 
+    um._Subclassed()  # registers the subclassed user model's class (what --custom-objects does for a user)
     work = Path(tempfile.mkdtemp(prefix="resexport-app-sdk-"))
     rows = [row for name, path, kwargs in models(work) for row in one(name, path, kwargs, work)]
     doc = {"machine": machine(), "threads": THREADS, "mediapipe": mediapipe.__version__, "rows": rows}
