@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COPY = ("exporter", "resexport", "tests", "pyproject.toml")
 GUARDS = "tests/test_promise_guards.py"
+API_TEST = "tests/test_model_conventions.py::test_the_python_api_trains_converts_a_run_and_reads_its_results"
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,55 @@ MUTATIONS: list[Mutation] = [
       "model_sha = run.recorded_model_sha256",
       (f"{GUARDS}::test_the_cached_reference_is_used_only_for_the_same_model_and_test_set",),
       "the cache key is the model file's own sha256, not the manifest's record"),
+    # the depth study's table units (exporter/experiment.py)
+    M("depth-row-fraction", "exporter/experiment.py",
+      '"test_accuracy": 100 * res.test_accuracy,',
+      '"test_accuracy": res.test_accuracy,',
+      ("tests/test_report_pipeline.py::test_depth_experiment_tiny",),
+      "the depth study's figures are test accuracy in percent"),
+    M("depth-table-units", "exporter/experiment.py",
+      "lines.append(f\"| {d} | {p.get('test_accuracy', float('nan')):.2f}% |",
+      "lines.append(f\"| {d} | {p.get('test_accuracy', float('nan')) / 100:.2f}% |",
+      ("tests/test_report_pipeline.py::test_depth_experiment_tiny",),
+      "depth.md's cells are the runs' accuracies in percent"),
+    # from Python (exporter/api.py, exporter/run.py)
+    M("api-check-ignored", "exporter/api.py",
+      "return result.check() if check else result",
+      "return result",
+      (API_TEST,), "validate(check=True) raises ValidationFailed"),
+    M("api-convert-run-ignored", "exporter/api.py",
+      "            target = _run(run)\n",
+      "            target = _run(None)\n",
+      (API_TEST,), "rx.convert(run=...) converts that run"),
+    M("api-report-not-written", "exporter/api.py",
+      "return reporting.write_report(_run(run))",
+      "return {'rows': []}",
+      (API_TEST,), "rx.report writes report.md"),
+    M("run-validation-reads-bench", "exporter/run.py",
+      "return mf.read_json_if(self.path / VALIDATION_FILE)",
+      "return mf.read_json_if(self.path / BENCH_FILE)",
+      (API_TEST,), "Run.validation is validation.json"),
+    M("run-bench-reads-validation", "exporter/run.py",
+      "return mf.read_json_if(self.path / BENCH_FILE)",
+      "return mf.read_json_if(self.path / VALIDATION_FILE)",
+      (API_TEST,), "Run.bench is bench.json"),
+    # Ctrl-C on a multi-kind convert (exporter/convert.py)
+    M("ctrl-c-finished-kind-unsaved", "exporter/convert.py",
+      "run.set_artifact(kind.name, entry)",
+      "run.artifacts[kind.name] = entry",
+      ("tests/test_errors.py::test_ctrl_c_in_a_multi_kind_convert_keeps_the_finished_kinds_recorded",),
+      "Ctrl-C: finished artifacts stay recorded"),
+    # inspect's exit codes (exporter/quantize/diagnose.py); these need the converted_run fixture (minutes)
+    M("inspect-missing-artifact-exit", "exporter/quantize/diagnose.py",
+      'raise UsageError(f"{run} has no {kind} artifact"',
+      'raise ValidationFailed(f"{run} has no {kind} artifact"',
+      ("tests/test_inspect.py::test_inspect_exit_codes_without_the_artifact_or_the_run",),
+      "inspect: a run without the artifact is exit 2"),
+    M("fallback-all-float-exit", "exporter/quantize/diagnose.py",
+      "raise ValidationFailed(\n                            f\"{kind.name}: even with all",
+      "raise UsageError(\n                            f\"{kind.name}: even with all",
+      ("tests/test_inspect.py::test_fallback_auto_says_when_even_all_float_fails",),
+      "a kind the fallback cannot make is that kind's failure: exit 70, the others written"),
 ]
 
 
