@@ -49,6 +49,20 @@ def pytest_report_header(config):
             f"LiteRT resolver={os.environ.get(TFLITE_RESOLVER_ENV, '(default: XNNPACK)')}"]
 
 
+# keras.applications models end to end (tests/test_applications.py) are opt-in: minutes each on 2 cores,
+# and what they found is covered by tests/test_conformance.py's tiny model.
+APPLICATIONS_ENV = "RESEXPORT_TEST_APPLICATIONS"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(APPLICATIONS_ENV):
+        return
+    skip = pytest.mark.skip(reason=f"keras.applications end to end: opt-in, set {APPLICATIONS_ENV}=1")
+    for item in items:
+        if "applications" in item.keywords:
+            item.add_marker(skip)
+
+
 # The fuzzers explore new random inputs on every local run; under CI (CI=true, set by .ci/run) they
 # replay a fixed derandomized sequence, so a red CI always means a change, never a lucky draw.
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -162,7 +176,65 @@ def converted_run(resmini_run, fmnist):
                      calib_samples=ConvertOptions.calib_samples)
     assert set(status) == {k.name for k in formats.EXPORTABLE}
     validate(run=resmini_run, dataset=fmnist, kinds=["tflite-fp32"])  # computes and caches the reference
-    return resmini_run
+    before = folder_digest(resmini_run)
+    yield resmini_run
+    # README: no test relies on another's leftovers, so none may leave any here (a validation.json
+    # that fails, a bench.json): a test that writes into the run works on a copy (run_copy)
+    changed = sorted(set(before.items()) ^ set(folder_digest(resmini_run).items()))
+    assert not changed, f"tests wrote into the shared converted_run (copy it first): {sorted({n for n, _ in changed})}"
+
+
+@pytest.fixture
+def converted_copy(converted_run, tmp_path) -> Path:
+    """A private copy of converted_run, for a test that writes into the run (validation.json,
+    bench.json, a re-converted artifact)."""
+    import shutil
+
+    run = tmp_path / "converted"
+    shutil.copytree(converted_run, run)
+    return run
+
+
+EDGE_SPLIT = "=====8<====="
+
+
+def edge_child_code(prelude: str) -> str:
+    """Python source for ONE child process that runs several CLI commands in turn (`COMMANDS`: a list
+    of argv lists that `prelude` defines after its import blocker), each followed by a separator line
+    with its exit code on stdout and on stderr: an edge-box test starts one process, not one a command."""
+    return prelude + (
+        "import sys\n"
+        "from exporter.cli import main\n"
+        "for argv in COMMANDS:\n"
+        "    sys.argv = ['resexport', *argv]\n"
+        "    try:\n"
+        "        main()\n"
+        "        code = 0\n"
+        "    except SystemExit as e:\n"
+        "        code = e.code or 0\n"
+        f"    print('{EDGE_SPLIT}', code, flush=True)\n"
+        f"    sys.stderr.write('{EDGE_SPLIT} %s\\n' % code)\n"
+        "    sys.stderr.flush()\n")
+
+
+def edge_results(proc) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of each command an edge_child_code process ran, in order."""
+    def parts(text):
+        chunks = text.split(EDGE_SPLIT)
+        return [c.split("\n", 1)[1] if i else c for i, c in enumerate(chunks[:-1])], chunks[1:]
+
+    stdout, tails = parts(proc.stdout)
+    stderr, _ = parts(proc.stderr)
+    codes = [int(t.split("\n", 1)[0]) for t in tails]
+    return list(zip(codes, stdout, stderr))
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    """relative path -> sha256 of every file under `folder`."""
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def block_imports_code(*modules: str) -> str:

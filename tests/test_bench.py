@@ -2,8 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,6 @@ from exporter.cli import app
 from exporter.cpuinfo import has_vnni, int8_features, physical_cores
 from exporter.errors import MissingRuntimeError
 from exporter.runtimes.onnx import choose_providers
-from tests.conftest import BLOCK_TF
 
 
 class FakeClock:
@@ -63,10 +60,10 @@ def test_latency_stats_percentiles():
     assert s["throughput_ips"] == pytest.approx(4 / 0.0505)
 
 
-def test_bench_json_schema(converted_run, fmnist_small):
+def test_bench_json_schema(converted_copy, fmnist_small):
     cfg = BenchConfig(batches=(1, 4), warmup=1, min_runs=3, min_time=0.0)
-    rep = bench(run=converted_run, dataset=fmnist_small, cfg=cfg, kinds=["tflite-int8", "onnx-fp32"])
-    on_disk = json.loads((converted_run / "bench.json").read_text())
+    rep = bench(run=converted_copy, dataset=fmnist_small, cfg=cfg, kinds=["tflite-int8", "onnx-fp32"])
+    on_disk = json.loads((converted_copy / "bench.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(rep["results"]))
     assert {r["target"] for r in rep["results"]} >= {"keras (predict)", "keras (compiled)", "tflite-int8", "onnx-fp32"}
     assert {(r["kind"], r["mode"]) for r in rep["results"]} == {("keras", "predict"), ("keras", "compiled"),
@@ -203,19 +200,8 @@ def test_onnx_gpu_providers_are_explicit():
     assert "pip install onnxruntime-gpu" in info.value.one_line()
 
 
-def test_bench_on_an_edge_box_without_tensorflow(converted_run):
-    code = BLOCK_TF + (
-        "from exporter.cli import main; import sys\n"
-        "sys.argv = ['resexport', 'bench', '--run', sys.argv[1], '--artifacts', 'tflite-fp32,onnx-int8', '--batch', '1',"
-        " '--min-runs', '2', '--min-time', '0', '--warmup', '1', '--json']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "assert 'tensorflow' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(converted_run)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rep = json.loads(proc.stdout)
-    assert {r["kind"] for r in rep["results"]} == {"tflite-fp32", "onnx-int8"}
-    assert {s["target"] for s in rep["skipped"]} == {"keras (predict)", "keras (compiled)"}
+# bench on an edge box without TensorFlow: tests/test_export.py::test_validate_and_bench_run_on_an_edge_box_without_tensorflow
+# (validate, bench --json and bench's table in one child process)
 
 
 def test_report_header_names_int8_instruction_sets_and_threads():

@@ -359,25 +359,6 @@ def test_bench_table_without_keras_has_no_nan_and_full_reasons():
     assert reason in cells
 
 
-def test_bench_table_on_an_edge_box_without_tensorflow_shows_no_nan(converted_run):
-    """The real table a run without Keras prints: dashes for the speed-ups, the skip reason whole."""
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import BLOCK_TF
-
-    code = BLOCK_TF + (
-        "from exporter.cli import main; import sys\n"
-        "sys.argv = ['resexport', 'bench', '--run', sys.argv[1], '--artifacts', 'tflite-fp32,onnx-fp32', '--batch', '1',"
-        " '--min-runs', '2', '--min-time', '0', '--warmup', '1']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(converted_run)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "KERAS_BACKEND": "tensorflow", "COLUMNS": "400"})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "nan" not in proc.stdout.lower(), proc.stdout
-    text = " ".join(proc.stdout.replace("│", " ").split())  # the reason wraps inside its cell: read it whole
-    # Keras is there but its backend is not: the line names the backend (exporter.errors.missing_backend)
-    assert "Keras runs on the 'tensorflow' backend here (KERAS_BACKEND), which is not installed" in text, proc.stdout
-    assert "install it with: pip install 'resexport[full]'" in text, proc.stdout
-    assert "…" not in proc.stdout and "–" in proc.stdout
+# The real bench table a run without Keras prints (dashes for the speed-ups, the skip reason whole, no NaN):
+# tests/test_export.py::test_validate_and_bench_run_on_an_edge_box_without_tensorflow, one child process
+# for validate and bench on an edge box.

@@ -430,6 +430,26 @@ def test_fault_while_writing_an_artifact_leaves_nothing_behind(run_copy, monkeyp
     assert list(private_tempdir.iterdir()) == []  # the exporter's SavedModel scratch was cleaned up
 
 
+def test_ctrl_c_in_a_multi_kind_convert_keeps_the_finished_kinds_recorded(resmini_keras, tmp_path, monkeypatch):
+    """README (exit 130): Ctrl-C while the second of several kinds is written: the kind already finished
+    stays recorded (file and manifest entry, sha256 matching), the one in progress leaves nothing, the
+    later ones were never started; converting again finds the finished kind up to date."""
+    run = tmp_path / "run"
+    hits = _fail_while_writing(monkeypatch, "model_fp16.tflite", KeyboardInterrupt())
+    result = cli("convert", "--model", resmini_keras, "--run", run, "--format", "tflite", "--quantize", "all")
+    assert hits, "the fault was never injected"
+    assert_fails(result, 130, "interrupted", todo="nothing half-written was left behind")
+    monkeypatch.undo()
+    man = mf.read_manifest(run)
+    assert list(man["artifacts"]) == ["tflite-fp32"]
+    assert man["artifacts"]["tflite-fp32"]["sha256"] == sha256_path(run / "model_fp32.tflite")
+    assert not any((run / name).exists() for name in ("model_fp16.tflite", "model_dynamic.tflite", "model_int8.tflite"))
+    assert temp_files(run) == []
+    again = cli("convert", "--run", run, "--format", "tflite", "--quantize", "none", "--json")
+    assert again.exit_code == 0, again.output
+    assert [a["status"] for a in json.loads(again.stdout)["artifacts"]] == ["up to date"]
+
+
 def test_atomic_writes_get_the_permissions_a_plain_write_would(tmp_path):
     from exporter.fsutil import write_bytes_atomic
 

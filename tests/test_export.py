@@ -16,14 +16,14 @@ from exporter.cli import app
 from exporter.runtimes import load_runner
 from exporter.runtimes.tflite import TFLiteRunner
 from exporter.validate import validate
-from tests.conftest import BLOCK_TF
+from tests.conftest import BLOCK_TF, edge_child_code, edge_results
 
 KINDS = [k.name for k in formats.EXPORTABLE]
 
 
 @pytest.mark.kernels
-def test_every_kind_passes_validation_on_the_full_test_set(converted_run, fmnist):
-    result = CliRunner().invoke(app, ["validate", "--run", str(converted_run), "--json"])
+def test_every_kind_passes_validation_on_the_full_test_set(converted_copy, fmnist):
+    result = CliRunner().invoke(app, ["validate", "--run", str(converted_copy), "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dataset"]["samples"] == 10000 and report["passed"]
@@ -32,7 +32,7 @@ def test_every_kind_passes_validation_on_the_full_test_set(converted_run, fmnist
     assert by["tflite-fp32"]["agreement"] >= 99.9 and by["onnx-fp32"]["max_abs_diff"] < 1e-3
     assert by["tflite-int8"]["runner"]["input_quantization"]["scale"] > 0
     assert by["onnx-fp32"]["runner"]["provider"] == "CPUExecutionProvider"
-    assert json.loads((converted_run / "validation.json").read_text())["passed"]
+    assert json.loads((converted_copy / "validation.json").read_text())["passed"]
 
 
 def test_manifest_records_each_artifact(converted_run):
@@ -82,9 +82,9 @@ class RawTFLiteRunner(TFLiteRunner):  # a test double
 
 
 @pytest.mark.kernels
-def test_int8_fed_without_input_quantisation_is_caught(converted_run, fmnist):
-    raw = RawTFLiteRunner.load(converted_run / "model_int8.tflite")
-    report = validate(run=converted_run, dataset=fmnist, kinds=["tflite-int8"], runners={"tflite-int8": raw})
+def test_int8_fed_without_input_quantisation_is_caught(converted_copy, fmnist):
+    raw = RawTFLiteRunner.load(converted_copy / "model_int8.tflite")
+    report = validate(run=converted_copy, dataset=fmnist, kinds=["tflite-int8"], runners={"tflite-int8": raw})
     assert not report["passed"]
     assert any("agreement" in f for f in report["artifacts"][0]["failures"])
 
@@ -143,30 +143,50 @@ def test_legacy_h5_and_savedmodel_inputs_convert_and_validate(resmini_keras, tmp
     assert report["reference"]["kind"] == ("keras" if form == "h5" else "savedmodel")
 
 
-def test_converting_again_keeps_up_to_date_artifacts(converted_run):
-    before = mf.read_manifest(converted_run)["artifacts"]["tflite-fp32"]["sha256"]
-    r = CliRunner().invoke(app, ["convert", "--run", str(converted_run), "--format", "tflite", "--quantize", "none", "--json"])
+def test_converting_again_keeps_up_to_date_artifacts(converted_copy):
+    before = mf.read_manifest(converted_copy)["artifacts"]["tflite-fp32"]["sha256"]
+    r = CliRunner().invoke(app, ["convert", "--run", str(converted_copy), "--format", "tflite", "--quantize", "none", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["artifacts"][0]["status"] == "up to date"
-    assert mf.read_manifest(converted_run)["artifacts"]["tflite-fp32"]["sha256"] == before
+    assert mf.read_manifest(converted_copy)["artifacts"]["tflite-fp32"]["sha256"] == before
 
 
-def test_validate_runs_on_an_edge_box_without_tensorflow(converted_run, tmp_path):
-    """Only the runtimes: loading and validating .tflite/.onnx works with TensorFlow import blocked
-    (the reference comes from the cached outputs an earlier validation wrote)."""
-    run = tmp_path / "edge"
-    shutil.copytree(converted_run, run)
-    code = BLOCK_TF + (
-        "from exporter.cli import main; import sys\n"
-        "sys.argv = ['resexport', 'validate', '--run', sys.argv[1], '--artifacts', 'tflite-int8,onnx-fp32,onnx-int8', '--json']\n"
-        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-        "assert 'tensorflow' not in sys.modules\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": "tensorflow"})
+def test_validate_and_bench_run_on_an_edge_box_without_tensorflow(converted_copy):
+    """Only the runtimes: with TensorFlow's import blocked, in ONE child process (one start-up for the
+    three commands): validate against the cached reference outputs an earlier validation wrote; bench
+    with --json (the Keras targets skipped); bench's table as printed (dashes for the speed-ups, the
+    skip reason whole, no NaN)."""
+    run = str(converted_copy)
+    commands = [
+        ["validate", "--run", run, "--artifacts", "tflite-int8,onnx-fp32,onnx-int8", "--json"],
+        ["bench", "--run", run, "--artifacts", "tflite-fp32,onnx-int8", "--batch", "1", "--min-runs", "2",
+         "--min-time", "0", "--warmup", "1", "--json"],
+        ["bench", "--run", run, "--artifacts", "tflite-fp32,onnx-fp32", "--batch", "1", "--min-runs", "2",
+         "--min-time", "0", "--warmup", "1"],
+    ]
+    code = edge_child_code(BLOCK_TF + f"COMMANDS = {commands!r}\n") + "assert 'tensorflow' not in sys.modules\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": "tensorflow", "COLUMNS": "400"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(proc.stdout)
+    (v_code, v_out, v_err), (b_code, b_out, b_err), (t_code, table, t_err) = edge_results(proc)
+    assert v_code == 0, v_err[-2000:]
+    report = json.loads(v_out)
     assert report["passed"] and report["reference"]["source"] == "cache"
-    assert {a["runner"]["engine"] for a in report["artifacts"]} == {"litert", "onnxruntime"}
+    own = [a for a in report["artifacts"] if a["target"] == a["kind"]]  # each kind on its family's own runtime
+    assert {a["runner"]["engine"] for a in own} == {"litert", "onnxruntime"}
+
+    assert b_code == 0, b_err[-2000:]
+    rep = json.loads(b_out)
+    assert {r["kind"] for r in rep["results"]} == {"tflite-fp32", "onnx-int8"}
+    assert {s["target"] for s in rep["skipped"]} == {"keras (predict)", "keras (compiled)"}
+
+    assert t_code == 0, t_err[-2000:]
+    assert "nan" not in table.lower(), table
+    text = " ".join(table.replace("│", " ").split())  # the reason wraps inside its cell: read it whole
+    # Keras is there but its backend is not: the line names the backend (exporter.errors.missing_backend)
+    assert "Keras runs on the 'tensorflow' backend here (KERAS_BACKEND), which is not installed" in text, table
+    assert "install it with: pip install 'resexport[full]'" in text, table
+    assert "…" not in table and "–" in table
 
 
 @pytest.mark.slow

@@ -188,13 +188,21 @@ def _tutorial_mlp(path: Path, npz: Path, *, flat=False):
     return path
 
 
+@pytest.fixture(scope="module")
+def tutorial_mlp(tmp_path_factory, mnist_like_npz) -> Path:
+    """The tutorial MLP trained once for the module's tests that all trained the same one (read-only:
+    they import it, none changes the file)."""
+    return _tutorial_mlp(tmp_path_factory.mktemp("mlp") / "mlp.keras", mnist_like_npz)
+
+
 @pytest.mark.slow
-def test_the_tutorial_mlp_on_hw_images_converts_to_every_kind_keeping_its_input_rank(tmp_path, mnist_like_npz):
+def test_the_tutorial_mlp_on_hw_images_converts_to_every_kind_keeping_its_input_rank(tmp_path, mnist_like_npz,
+                                                                                      tutorial_mlp):
     import keras
 
     from exporter.runtimes import load_runner
 
-    model_path = _tutorial_mlp(tmp_path / "mlp.keras", mnist_like_npz)
+    model_path = tutorial_mlp
     run = tmp_path / "run"
     _cli("convert", "--model", model_path, "--data", mnist_like_npz, "--run", run)
     man = json.loads((run / "manifest.json").read_text())
@@ -240,12 +248,12 @@ def test_a_flat_input_model_takes_the_data_flattened(tmp_path, mnist_like_npz):
 # ------------------------------------------------------------------ the Python API
 
 @pytest.mark.slow
-def test_the_python_api_converts_validates_and_benches_an_in_memory_model(tmp_path, mnist_like_npz):
+def test_the_python_api_converts_validates_and_benches_an_in_memory_model(tmp_path, mnist_like_npz, tutorial_mlp):
     import keras
 
     import resexport as rx
 
-    model = keras.saving.load_model(_tutorial_mlp(tmp_path / "mlp.keras", mnist_like_npz))
+    model = keras.saving.load_model(tutorial_mlp)
     conv = rx.convert(model, data=mnist_like_npz, run=tmp_path / "api-run", format="all", quantize="none")
     run = conv.run
     assert isinstance(conv, rx.Conversion) and isinstance(run, rx.Run)
@@ -266,14 +274,48 @@ def test_the_python_api_converts_validates_and_benches_an_in_memory_model(tmp_pa
         rx.convert(object(), data=mnist_like_npz)
 
 
+@pytest.mark.slow
+def test_the_python_api_trains_converts_a_run_and_reads_its_results(tmp_path, mnist_like_npz):
+    """README, From Python: rx.train trains a registry model into a run; rx.convert(run=...) converts that
+    run; validate(check=True) raises ValidationFailed (the CLI's exit 4) where check=False returns
+    passed=False; rx.report writes the report; the Run gives artifact_path, validation and bench."""
+    import resexport as rx
+    from exporter.errors import ValidationFailed
+
+    trained = rx.train(model="resmini", data=mnist_like_npz, epochs=1, max_batches=3, run=tmp_path / "trained")
+    run = trained.run
+    assert isinstance(run, rx.Run) and run.model_path.is_file() and run.artifacts == {}
+    assert run.validation is None and run.bench is None
+    conv = rx.convert(run=run, format="tflite", quantize="none")
+    assert conv.run.path == run.path and {k: o.status for k, o in conv.artifacts.items()} == {
+        "tflite-fp32": rx.Status.WRITTEN}
+    path = conv.run.artifact_path("tflite-fp32")
+    assert path == run.path / "model_fp32.tflite" and path.stat().st_size == conv.run.artifact("tflite-fp32")["bytes"]
+
+    # a gate no artifact can meet (agreement above 100%): deterministic on any CPU
+    with pytest.raises(ValidationFailed, match="validation.json"):
+        rx.validate(run, check=True, min_agreement=100.5)
+    result = rx.validate(run, min_agreement=100.5)
+    assert result.passed is False and "tflite-fp32" in result.failures()
+    with pytest.raises(ValidationFailed):
+        result.check()
+    on_disk = rx.Run(run.path).validation
+    assert on_disk["passed"] is False and on_disk["artifacts"][0]["gates"]["min_agreement"] == 100.5
+    timing = rx.bench(run, batches=(1,), min_runs=2, min_time=0, warmup=1, reference=False)
+    assert rx.Run(run.path).bench["results"] == json.loads(json.dumps(timing.rows))
+    table = rx.report(run)
+    assert (run.path / "report.md").is_file() and "tflite-fp32" in (run.path / "report.md").read_text()
+    assert "tflite-fp32" in [r["kind"] for r in table["rows"]]
+
+
 # ------------------------------------------------------------------ native noise
 
 @pytest.mark.slow
-def test_no_command_prints_a_native_log_line_on_an_imported_run(tmp_path, mnist_like_npz):
+def test_no_command_prints_a_native_log_line_on_an_imported_run(tmp_path, mnist_like_npz, tutorial_mlp):
     """convert, validate, bench, predict and inspect in real processes (CliRunner cannot see fd 2)."""
     from PIL import Image
 
-    model_path = _tutorial_mlp(tmp_path / "mlp.keras", mnist_like_npz)
+    model_path = tutorial_mlp
     Image.fromarray(np.load(mnist_like_npz)["x_test"][0]).save(tmp_path / "one.png")
     run = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # as a user's shell has it

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from exporter import manifest as mf
 from exporter.cli import app
-from tests.conftest import block_imports_code
+from tests.conftest import block_imports_code, edge_child_code, edge_results
 from tests.test_errors import assert_fails, temp_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -220,28 +220,25 @@ def test_an_edge_box_with_one_runtime(run_copy, extra):
     validate and bench work on that runtime's kinds from the cached reference; the other runtime's
     kinds are exit 5 naming the extra to install."""
     blocked, kinds, other, pip = EDGE[extra]
-    code = block_imports_code(*blocked) + (
-        "from exporter.cli import main\n"
-        "sys.argv = ['resexport', *sys.argv[1:]]\n"
-        "try:\n    main()\nfinally:\n"
-        f"    assert not {{m.split('.')[0] for m in sys.modules}} & {set(blocked)!r}\n")
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300,
-                              cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "tensorflow"})
-
-    proc = run("validate", "--run", str(run_copy), "--artifacts", kinds, "--json")
+    run = str(run_copy)
+    commands = [["validate", "--run", run, "--artifacts", kinds, "--json"],
+                ["bench", "--run", run, "--artifacts", kinds, "--batch", "1", "--min-runs", "2", "--min-time", "0",
+                 "--warmup", "1", "--json"],
+                ["validate", "--run", run, "--artifacts", other]]
+    code = edge_child_code(block_imports_code(*blocked) + f"COMMANDS = {commands!r}\n") + (
+        f"assert not {{m.split('.')[0] for m in sys.modules}} & {set(blocked)!r}\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**os.environ, "KERAS_BACKEND": "tensorflow"})  # one process, 3 commands
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout)
+    (v_code, v_out, v_err), (b_code, b_out, b_err), (o_code, _, o_err) = edge_results(proc)
+    assert v_code == 0, v_err[-3000:]
+    report = json.loads(v_out)
     assert report["passed"] and report["reference"]["source"] == "cache"
     assert list(dict.fromkeys(a["kind"] for a in report["artifacts"])) == kinds.split(",")
-    proc = run("bench", "--run", str(run_copy), "--artifacts", kinds, "--batch", "1", "--min-runs", "2",
-               "--min-time", "0", "--warmup", "1", "--json")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert {r["kind"] for r in json.loads(proc.stdout)["results"]} == set(kinds.split(","))
-    proc = run("validate", "--run", str(run_copy), "--artifacts", other)
-    assert proc.returncode == 5, proc.stderr[-3000:]
-    assert pip in one_line(proc.stderr)
+    assert b_code == 0, b_err[-3000:]
+    assert {r["kind"] for r in json.loads(b_out)["results"]} == set(kinds.split(","))
+    assert o_code == 5, o_err[-3000:]
+    assert pip in one_line(o_err)
 
 
 # ------------------------------------------------------------------ a sample's interval

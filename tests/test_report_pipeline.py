@@ -88,6 +88,7 @@ def test_depth_experiment_tiny(tmp_path):
     assert doc["rows"][0]["seed_reported"] == 88.09 and doc["recipe"]["batch_size"] == 150
     assert "89.43%" in (out / "depth.md").read_text() and (out / "depth.png").stat().st_size > 1000
     assert not any(row["reused"] for row in doc["rows"])
+    _figures_are_the_runs_own(out, doc)
 
     # The same settings again: nothing is retrained, the runs and their accuracies are kept.
     model_bytes = (out / "runs" / "residual12" / "model.keras").read_bytes()
@@ -109,6 +110,35 @@ def test_depth_experiment_tiny(tmp_path):
     assert r.exit_code == 2, r.output
     assert "trained with other settings" in r.output and "--force" in r.output
     assert (out / "runs" / "residual12" / "model.keras").read_bytes() == model_bytes
+
+
+def _figures_are_the_runs_own(out, doc):
+    """The study's figures recomputed from each run's own files, not from the code that wrote them:
+    its model scored again on the same test images (percent, as the table says), its manifest's record
+    (a fraction), its history (one entry per epoch); and depth.md's cells in the same unit."""
+    import re
+
+    import keras
+
+    from exporter import data
+
+    ds = data.load_dataset("fashion_mnist", train_limit=300, test_limit=100)
+    cells = {}
+    for line in (out / "depth.md").read_text().splitlines():
+        m = re.match(r"\| (\d+) \| ([\d.]+)% \| [\d.]+% \| ([\d.]+)% \|", line)
+        if m:
+            cells[("plain", int(m[1]))], cells[("residual", int(m[1]))] = float(m[2]), float(m[3])
+    for row in doc["rows"]:
+        run = out / "runs" / row["model"]
+        model = keras.saving.load_model(run / "model.keras")
+        acc = 100 * float((model.predict(ds.x_test, verbose=0).argmax(1) == ds.y_test).mean())
+        one_image = 100 / len(ds.y_test)
+        assert abs(row["test_accuracy"] - acc) <= one_image + 1e-9, (row["model"], row["test_accuracy"], acc)
+        assert abs(cells[(row["kind"], row["depth"])] - acc) <= one_image + 0.01, (row["model"], cells, acc)
+        recorded = mf.read_manifest(run)["training"]["test_accuracy"]
+        assert 0 <= recorded <= 1 and abs(100 * recorded - acc) <= one_image + 1e-9
+        history = json.loads((run / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, row["epochs"] + 1))
 
 
 def test_resnet18_trains_on_cifar10_files_in_the_real_format(tmp_path):
