@@ -1,0 +1,110 @@
+"""Issue 32: QAT that stays your model. Fine-tuning distilled from the original (images only, labels
+optional: --qat-data), QAT files judged against the original like PTQ files, and rows that say which
+model a QAT file was fine-tuned into.
+
+Nothing here asserts a number only one CPU produces: the models get deterministic weights, and what is
+asserted are relations (distilled vs label route on the same steps) and the int8 gates."""
+
+import numpy as np
+import pytest
+
+from exporter import formats
+
+
+def _agreement(a, b) -> float:
+    return 100 * float((np.asarray(a).argmax(1) == np.asarray(b).argmax(1)).mean())
+
+
+# ------------------------------------------------------------------ the loss
+
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+def test_soft_targets_are_the_originals_probabilities_at_temperature_1(output):
+    from exporter.quantize import qat
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (50, 7))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    got = qat.soft_targets(p if output == "probabilities" else logits, output, 1.0)
+    np.testing.assert_allclose(got, p, atol=1e-5)
+    warm = qat.soft_targets(logits, "logits", 4.0)  # softened: the same order, flatter
+    assert (warm.argmax(1) == p.argmax(1)).all() and (warm.max(1) < p.max(1) + 1e-6).all()
+
+
+def test_distill_loss_is_smallest_where_the_student_is_the_teacher():
+    import keras
+
+    from exporter.quantize import qat
+
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(0, 2, (32, 5)).astype(np.float32)
+    target = np.concatenate([qat.soft_targets(teacher, "logits"), np.zeros((32, 5), np.float32)], axis=1)
+    loss = qat.distill_loss("logits", 5)
+    same = float(keras.ops.mean(loss(target, teacher)))
+    other = float(keras.ops.mean(loss(target, teacher + rng.normal(0, 1, teacher.shape).astype(np.float32))))
+    assert same < other
+
+
+def test_distillation_follows_the_original_where_the_label_route_leaves_it():
+    """The same QAT rebuild, the same images and steps, fine-tuned two ways on labels that disagree with
+    the original on every image (its top class shifted by one: a model the labels would call wrong): the
+    label route moves the model away from the original, the distilled route keeps it."""
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    x = np.random.default_rng(2).uniform(0, 1, (512, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    teacher = original.predict(x, verbose=0)
+    wrong = (teacher.argmax(1) + 1) % 10
+    agree = {}
+    for loss in ("labels", "distill"):
+        model, _ = qat.build_qat_model(original)
+        qat.calibrate(model, x[:128])
+        rec = qat.fine_tune(model, x, wrong, epochs=5, steps=40, batch_size=64, lr=3e-3, loss=loss,
+                            teacher_outputs=teacher if loss == "distill" else None)
+        assert rec["loss"] == loss and rec["steps"] == 40
+        agree[loss] = _agreement(model.predict(x, verbose=0), teacher)
+    assert agree["distill"] > agree["labels"] + 20, agree
+    assert agree["distill"] >= 90, agree
+
+
+def test_fine_tune_needs_labels_only_for_the_label_route():
+    from exporter.errors import UsageError
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    x = np.random.default_rng(3).uniform(0, 1, (64, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    model, _ = qat.build_qat_model(original)
+    qat.calibrate(model, x)
+    rec = qat.fine_tune(model, x, None, steps=2, batch_size=32, loss="distill",
+                        teacher_outputs=original.predict(x, verbose=0))
+    assert rec["label_weight"] == 0 and rec["temperature"] == qat.DISTILL_TEMPERATURE
+    with pytest.raises(UsageError, match="labelled"):
+        qat.fine_tune(model, x, None, steps=1, loss="labels")
+    with pytest.raises(UsageError, match="qat-loss"):
+        qat.check_loss("soft")
+
+
+# ------------------------------------------------------------------ images without labels
+
+def test_qat_data_reads_images_without_labels(tmp_path, fmnist):
+    """A folder of images with no class sub-folders, and an .npz with only x: images, no labels; test
+    images among them are left out."""
+    from PIL import Image
+
+    from exporter.data import open_images, Preprocessing
+
+    folder = tmp_path / "unlabeled"
+    (folder / "deep").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray((fmnist.x_train[i, ..., 0] * 255).astype(np.uint8)).save(folder / ("deep" if i % 2 else "")
+                                                                                / f"{i}.png")
+    pp = Preprocessing(28, 28, 1, "unit")
+    imgs = open_images(folder, pp)
+    assert imgs.labels is None and len(imgs.x) == 6 and imgs.x[:2].shape == (2, 28, 28, 1)
+    np.savez(tmp_path / "x.npz", x=(fmnist.x_train[:10] * 255).astype(np.uint8))
+    imgs = open_images(tmp_path / "x.npz", pp)
+    assert imgs.labels is None and len(imgs.x) == 10 and imgs.describe()["labelled"] is False
+    np.savez(tmp_path / "xy.npz", x_train=(fmnist.x_train[:10] * 255).astype(np.uint8), y_train=np.arange(10))
+    assert list(open_images(tmp_path / "xy.npz", pp).labels) == list(range(10))
