@@ -108,3 +108,70 @@ def test_qat_data_reads_images_without_labels(tmp_path, fmnist):
     assert imgs.labels is None and len(imgs.x) == 10 and imgs.describe()["labelled"] is False
     np.savez(tmp_path / "xy.npz", x_train=(fmnist.x_train[:10] * 255).astype(np.uint8), y_train=np.arange(10))
     assert list(open_images(tmp_path / "xy.npz", pp).labels) == list(range(10))
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def distilled_run(resmini_run, fmnist, tmp_path_factory):
+    """The committed resmini's run, its int8 kinds made by QAT distilled on a folder of images with no
+    class sub-folders (and no labels anywhere), through the API's options; validated on the test set."""
+    import shutil
+
+    from PIL import Image
+
+    from exporter import api
+
+    tmp = tmp_path_factory.mktemp("distill")
+    folder = tmp / "photos"
+    folder.mkdir()
+    for i in range(20000, 20640):  # training images the model may have seen; no labels kept
+        Image.fromarray((fmnist.x_train[i, ..., 0] * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
+    run = tmp / "run"
+    shutil.copytree(resmini_run, run)
+    conv = api.convert(run=run, dataset=fmnist, force=True, quantize="int8", int8="qat", qat_data=folder,
+                       qat_epochs=1.0, calib_samples=200)
+    conv.check()
+    return conv, api.validate(conv.run, dataset=fmnist, artifacts=["tflite-int8", "onnx-int8"])
+
+
+def test_qat_from_an_unlabeled_folder_passes_against_the_original(distilled_run):
+    conv, val = distilled_run
+    for name in ("tflite-int8", "onnx-int8"):
+        entry = conv.run.artifact(name)
+        rec = entry["qat"]
+        assert entry["int8"] == "qat" and rec["loss"] == "distill" and rec["label_weight"] == 0
+        assert rec["images_from"]["qat_data"]["labelled"] is False and rec["images_from"]["qat_data"]["count"] == 640
+        assert rec["judged_against"] == "original" and rec["passed"], rec["claims"]
+        assert set(rec["claims"]) == {"agrees_with_the_original", "computes_the_qat_model"}
+        assert rec["claims"]["agrees_with_the_original"]["gates"]["min_agreement"] == \
+            formats.get(name).gates.min_agreement  # the full int8 gates, as for a PTQ file
+        row = val.artifacts[name]
+        assert row["passed"], row["failures"]
+        assert row["agreement_reference"] == "model.keras" and row["fine_tuned_model"] == "model_qat.keras"
+        assert row["agreement"] == row["agreement_with_original"] >= formats.get(name).gates.min_agreement
+        assert row["agreement_with_fine_tuned"] is not None
+        a = val.agreements()[name]
+        assert a["gated_against"] == "model.keras" and a["fine_tuned_model"] == "model_qat.keras"
+
+
+def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
+    from exporter import api
+    from exporter.report import VALIDATION_HEADERS, build_table, summary_rows, validation_rows
+
+    conv, val = distilled_run
+    cells = {r[0]: r for r in validation_rows(val.report)}
+    for name in ("tflite-int8", "onnx-int8"):
+        label = next(k for k in cells if k.startswith(name))
+        assert "model_qat.keras" in label and "distilled" in label
+        agreement = cells[label][VALIDATION_HEADERS.index("agreement")]
+        assert agreement.startswith(f"{val.artifacts[name]['agreement_with_original']:.2f}% vs model.keras")
+        assert "vs model_qat.keras" in agreement
+    api.report(conv.run)
+    md = (conv.run.path / "report.md").read_text()
+    qat_lines = [line for line in md.splitlines() if "tflite-int8 (QAT" in line]
+    assert qat_lines and "vs model.keras" in qat_lines[0] and "model_qat.keras" in qat_lines[0]
+    table = build_table(conv.run)
+    row = next(r for r in table["rows"] if r["kind"] == "tflite-int8")
+    assert row["agreement"] == val.artifacts["tflite-int8"]["agreement_with_original"]
+    assert summary_rows(table)[0][0].startswith("keras")
