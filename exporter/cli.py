@@ -123,8 +123,8 @@ IMPORT_SCALE_OPT = typer.Option(None, "--scale", help=f"With --model: the input 
                                 f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
                                 "model's input, else unit. Recorded in the run; later commands use it.")
 INT8_OPT = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
-                        "only), qat (quantisation-aware fine-tuning on the run's training data, then "
-                        "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
+                        "only), qat (quantisation-aware fine-tuning distilled from your model, then "
+                        "export, judged against your model; the fine-tuned model is saved as model_qat.keras), fallback (the "
                         "fewest layers kept in float32 that pass the int8 gates on held-out training "
                         "images), auto (the first of ptq, qat, fallback that passes; ladder recorded).")
 QAT_OPT = flag("--qat", help="Short for --int8 qat.")

@@ -175,3 +175,43 @@ def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
     row = next(r for r in table["rows"] if r["kind"] == "tflite-int8")
     assert row["agreement"] == val.artifacts["tflite-int8"]["agreement_with_original"]
     assert summary_rows(table)[0][0].startswith("keras")
+
+
+def test_the_label_route_refuses_images_without_labels(resmini_run, fmnist, tmp_path):
+    from exporter.data import Preprocessing, open_images
+    from exporter.errors import UsageError
+    from exporter.quantize.make import Int8Session
+
+    np.savez(tmp_path / "x.npz", x=(fmnist.x_train[:64] * 255).astype(np.uint8))
+    imgs = open_images(tmp_path / "x.npz", Preprocessing(28, 28, 1, "unit"))
+    session = Int8Session(run=resmini_run, source=None, dataset=fmnist, calibration=None, qat_loss="labels",
+                          qat_images=imgs)
+    with pytest.raises(UsageError, match="--qat-loss labels needs labels"):
+        session._fine_tune_images()
+    session = Int8Session(run=resmini_run, source=None, dataset=fmnist, calibration=None, qat_images=imgs)
+    x, y, where, *_ = session._fine_tune_images()
+    assert session.qat_loss == "distill" and y is None and len(x) == 64 and where["qat_data"]["labelled"] is False
+
+
+def test_a_class_that_moves_too_far_is_a_warning_not_a_gate():
+    from exporter.validate import CLASS_SHIFT_POINTS, class_shift, class_shift_warning
+
+    calm = {"moved_most": [{"class": "Coat", "change_points": CLASS_SHIFT_POINTS - 0.5}]}
+    assert class_shift(calm) is None and class_shift({"moved_most": []}) is None
+    row = {"kind": "tflite-int8", "moved_most": [{"class": "Pullover", "change_points": 27.4},
+                                                 {"class": "Coat", "change_points": -17.1}]}
+    row["class_shift"] = class_shift(row)
+    assert row["class_shift"]["class"] == "Pullover"
+    text = class_shift_warning(row, "model.keras")
+    assert "Pullover" in text and "+27.4" in text and "model.keras" in text
+
+
+def test_convert_offers_the_qat_flags():
+    from typer.testing import CliRunner
+
+    from exporter.api import ConvertOptions
+    from exporter.cli import app
+
+    out = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "200"}).output
+    assert "--qat-data" in out and "--qat-loss" in out
+    assert ConvertOptions().qat_loss == "distill" and ConvertOptions().qat_label_weight == 0
