@@ -79,6 +79,11 @@ class ConvertOptions:
     calib_samples: int = 500               # int8 calibration images, stratified, from the training split only
     int8: str | None = None                # ptq (default), qat, fallback, auto
     qat_epochs: float | None = None        # None: qat's own step count
+    qat_data: PathLike | None = None       # images to fine-tune on (folder or .npz, labels optional); None: the
+                                           # training split minus the hold-out
+    qat_loss: str = "distill"              # distill: the original's outputs are the target (exporter.quantize.qat);
+                                           # labels: retrain on the labels (a different model)
+    qat_label_weight: float = 0.0          # distill: weight of an extra label term (0: stay the original)
     fallback: str = "none"                 # 'auto' is the older spelling of int8='fallback'
     target_cpu: str = "auto"               # onnx-int8: vnni, avx2 or auto (this machine's)
     data: PathLike | None = None           # with a model: its data; else data instead of the run's own
@@ -237,6 +242,17 @@ class Validation:
         """kind -> the gates it missed, for every artifact that failed."""
         return {k: r["failures"] for k, r in self.artifacts.items() if not r["passed"]}
 
+    def agreements(self) -> dict[str, dict]:
+        """target -> top-1 agreement with the run's model (`with_original`, always the user's model), and for a
+        QAT file the model it was fine-tuned into (`fine_tuned_model`), its agreement with that one
+        (`with_fine_tuned`), the file its gates compared it with (`gated_against`) and, for any int8 file,
+        the class whose accuracy moved more than validate.CLASS_SHIFT_POINTS (`class_shift`, else None)."""
+        model_file = (self.report.get("reference") or {}).get("file")
+        return {t: {"with_original": r.get("agreement_with_original", r.get("agreement")),
+                    "fine_tuned_model": r.get("fine_tuned_model"), "with_fine_tuned": r.get("agreement_with_fine_tuned"),
+                    "gated_against": r.get("agreement_reference", model_file), "class_shift": r.get("class_shift")}
+                for t, r in self.artifacts.items() if "accuracy" in r}
+
     def check(self) -> "Validation":
         """Raise ValidationFailed (the CLI's exit 4) if an artifact missed a gate."""
         if not self.passed:
@@ -342,7 +358,8 @@ def convert(model=None, *, run: Run | PathLike | None = None, options: ConvertOp
             dataset = open_for_run(target, data_dir=o.data_dir, data=None if model is not None else _spec(o.data))
         status = convert_stage(run=target, kinds=kinds, dataset=dataset, calib_samples=o.calib_samples, force=force,
                                unsafe=o.unsafe, fallback=o.fallback, target_cpu=o.target_cpu, int8=o.int8,
-                               qat_epochs=o.qat_epochs, progress=progress)
+                               qat_epochs=o.qat_epochs, qat_data=o.qat_data, qat_loss=o.qat_loss,
+                               qat_label_weight=o.qat_label_weight, progress=progress)
     return Conversion(run=target.reload(), artifacts=status)
 
 

@@ -123,13 +123,20 @@ IMPORT_SCALE_OPT = typer.Option(None, "--scale", help=f"With --model: the input 
                                 f"{SCALE_HELP}. Default: raw if a Rescaling/Normalization layer sits at the "
                                 "model's input, else unit. Recorded in the run; later commands use it.")
 INT8_OPT = typer.Option(None, "--int8", help="int8 only, the remedy: ptq (default: calibration "
-                        "only), qat (quantisation-aware fine-tuning on the run's training data, then "
-                        "export; the fine-tuned model is saved as model_qat.keras), fallback (the "
+                        "only), qat (quantisation-aware fine-tuning distilled from your model, then "
+                        "export, judged against your model; the fine-tuned model is saved as model_qat.keras), fallback (the "
                         "fewest layers kept in float32 that pass the int8 gates on held-out training "
                         "images), auto (the first of ptq, qat, fallback that passes; ladder recorded).")
 QAT_OPT = flag("--qat", help="Short for --int8 qat.")
 QAT_EPOCHS_OPT = typer.Option(None, "--qat-epochs", help="--int8 qat/auto: passes over the "
-                              "training split to fine-tune (default: 300 steps of 64 images).")
+                              "fine-tuning images (default: 300 steps of 64 images).")
+QAT_DATA_OPT = typer.Option(None, "--qat-data", help="--int8 qat/auto: images to fine-tune on, labels not "
+                            "needed: a folder of images (any layout) or an .npz with x (or x_train). Default: the "
+                            "run's training split.")
+QAT_LOSS_OPT = typer.Option(ConvertOptions.qat_loss, "--qat-loss", help="--int8 qat/auto: distill (default: the "
+                            "fine-tuning follows your model's own outputs, so the int8 file stays your model and is "
+                            "judged against it) or labels (retrain on the labels: a different model, judged against "
+                            "model_qat.keras).")
 FALLBACK_OPT = typer.Option(ConvertOptions.fallback, "--fallback", help="int8 only: 'auto' is --int8 fallback (kept "
                             "as an alias); 'none' quantises every layer.")
 TARGET_CPU_OPT = typer.Option(ConvertOptions.target_cpu, "--target-cpu", help="onnx-int8 only: the CPU the model "
@@ -309,6 +316,8 @@ def convert(
     int8: Optional[str] = INT8_OPT,
     qat: bool = QAT_OPT,
     qat_epochs: Optional[float] = QAT_EPOCHS_OPT,
+    qat_data: Optional[Path] = QAT_DATA_OPT,
+    qat_loss: str = QAT_LOSS_OPT,
     fallback: str = FALLBACK_OPT,
     target_cpu: str = TARGET_CPU_OPT,
     unsafe: bool = UNSAFE_OPT,

@@ -188,14 +188,17 @@ def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: s
 def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
             calib_samples: int, force: bool = False, unsafe: bool = False,
             fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL,
-            int8: str | None = None, qat_epochs: float | None = None) -> dict[str, KindOutcome]:
+            int8: str | None = None, qat_epochs: float | None = None, qat_data=None, qat_loss: str | None = None,
+            qat_label_weight: float | None = None) -> dict[str, KindOutcome]:
     """Export `kinds` from the run's reference model. Returns {kind: KindOutcome} (written, up to date,
     or failed with its reason: one kind that cannot be made never takes the others with it).
     Defaults of the flags are exporter.api.ConvertOptions'.
 
     int8 kinds come from exporter.quantize (make.Int8Session) by `int8`: 'ptq' (default: calibration
     only), 'qat' (quantisation-aware fine-tuning, `qat_epochs` passes over the training split, default
-    qat.DEFAULT_STEPS steps), 'fallback' (the fewest layers in float32 that pass on a held-out training
+    qat.DEFAULT_STEPS steps; distilled from the original by default, `qat_loss='labels'` retrains on the labels;
+    `qat_data` a folder or .npz of images, labels optional, to fine-tune on instead of the training split),
+    'fallback' (the fewest layers in float32 that pass on a held-out training
     slice; recorded as float_layers; `fallback='auto'` is its old name) or 'auto' (the first of those
     that passes, the ladder recorded);
     `target_cpu` (auto|vnni|avx2) picks ONNX Runtime's int8 settings (export/onnx.ORT_INT8_TARGETS).
@@ -208,8 +211,14 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         raise UsageError(f"--qat-epochs must be positive, got {qat_epochs}")
     from exporter.quantize import qat as qat_mod
 
+    qat_loss = qat_mod.check_loss(qat_loss or qat_mod.DEFAULT_LOSS)
+    qat_label_weight = qat_mod.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
+    if qat_label_weight < 0:
+        raise UsageError(f"the QAT label weight must be >= 0, got {qat_label_weight}")
     qat_settings = {"epochs": qat_epochs, "steps": None if qat_epochs else qat_mod.DEFAULT_STEPS,
-                    "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH}
+                    "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
+                    **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight}
+                       if qat_loss == "distill" else {})}
     int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}  # checks --target-cpu
     run = Run.of(run)
     ref_path = run.model_path
@@ -219,6 +228,11 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         calibration = data_mod.calibration_set(dataset, calib_samples)
     pp = run.recorded_preprocessing or dataset.preprocessing or run.preprocessing
     run.record_data(pp, dataset.content_hash)
+    qat_images = None
+    if qat_data is not None and mode in ("qat", "auto") and any(k.needs_calibration for k in kinds):
+        qat_images = data_mod.open_images(qat_data, pp, exclude_like=dataset)
+        qat_settings["data"] = qat_images.origin["content_hash"]
+        int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}
     deploy = deployment_info(pp, dataset.class_names)
     write_deployment_files(run, deploy)
     keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy, int8_keys[kind.name]))
@@ -254,7 +268,8 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         session = None
         if any(k.needs_calibration for k in todo):
             session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
-                                  target_cpu=target_cpu, qat_epochs=qat_epochs)
+                                  target_cpu=target_cpu, qat_epochs=qat_epochs, qat_loss=qat_loss,
+                                  qat_label_weight=qat_label_weight, qat_images=qat_images)
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)

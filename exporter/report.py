@@ -57,7 +57,9 @@ def build_table(run) -> dict:
     for target, entry in [(t, e) for k, e in run.artifacts.items() for t in (k, *others.get(k, ()))]:
         v, b = vrows.get(target, {}), brows.get((target, None), {})
         rows.append({"kind": target, "file": entry["file"], "bytes": entry["bytes"], "accuracy": v.get("accuracy"),
-                     "change_points": v.get("change_points"), "agreement": v.get("agreement"),
+                     "change_points": v.get("change_points"),
+                     "agreement": v.get("agreement_with_original", v.get("agreement")),  # always against yours
+                     **{k: v.get(k) for k in QAT_FIELDS if k in v},
                      "p50_ms_b1": b.get("p50_ms"), "speedup_vs_keras_predict": b.get("speedup_vs_keras_predict"),
                      "speedup_vs_keras_compiled": b.get("speedup_vs_keras_compiled"),
                      "batch_diff": _batch_diff(v), "passed": v.get("passed"), "reference": False})
@@ -118,6 +120,40 @@ def _app_lines(table: dict) -> list[str]:
     return ["## Files for apps", "", *lines, ""] if lines else []
 
 
+QAT_FIELDS = ("fine_tuned_model", "agreement_with_fine_tuned", "agreement_reference", "qat_loss", "class_shift")
+
+
+def artifact_label(r: dict) -> str:
+    """The artifact's name, and for a QAT file the model it was fine-tuned into (and how)."""
+    name = r.get("target", r["kind"])
+    if not r.get("fine_tuned_model"):
+        return name
+    how = "retrained on labels" if r.get("qat_loss") == "labels" else "distilled"
+    return f"{name} (QAT, {how} into {r['fine_tuned_model']})"
+
+
+def agreement_cell(r: dict, model_file: str) -> str:
+    """Top-1 agreement with the user's model; for a QAT file, with the fine-tuned model beside it."""
+    with_original = r.get("agreement_with_original", r.get("agreement"))
+    cell = f"{_fmt(with_original, '.2f')}%"
+    if r.get("fine_tuned_model"):
+        cell += (f" vs {model_file} ({_fmt(r.get('agreement_with_fine_tuned'), '.2f')}% vs "
+                 f"{r['fine_tuned_model']})")
+    return cell
+
+
+def gate_cell(r: dict, fail: str = "FAIL") -> str:
+    """pass / FAIL (with the reasons where given); for a file gated against another model than the
+    user's (label QAT: the fine-tuned model), which."""
+    text = {True: "pass", False: fail, None: "–"}[r.get("passed")]
+    if r.get("passed") is False and r.get("failures"):
+        text += " " + "; ".join(r["failures"])
+    ref = r.get("agreement_reference")
+    if r.get("fine_tuned_model") and ref == r["fine_tuned_model"] and r.get("passed") is not None:
+        text += f" (gated against {ref}: a retrained model)"
+    return text
+
+
 def _batch_diff(validated: dict) -> float | None:
     """Largest output difference of the batch-invariance check (batch 1 / batch N / shuffled)."""
     b = validated.get("batch_invariance")
@@ -138,11 +174,12 @@ def summary_rows(table: dict, *, bold_fail: bool = False) -> list[list[str]]:
     """The report's table as strings, one row per artifact (the Keras reference first)."""
     fail = "**FAIL**" if bold_fail else "FAIL"
     rows = []
+    model_file = table["rows"][0]["file"] if table["rows"] else "the model"
     for r in table["rows"]:
-        gate = "reference" if r["reference"] else {True: "pass", False: fail, None: "–"}[r["passed"]]
-        rows.append([r["kind"], f"{_fmt(r['bytes'] and r['bytes'] / 1024, '.1f')} KiB",
+        gate = "reference" if r["reference"] else gate_cell({**r, "failures": None}, fail)
+        rows.append([artifact_label(r), f"{_fmt(r['bytes'] and r['bytes'] / 1024, '.1f')} KiB",
                      f"{_fmt(r['accuracy'] and 100 * r['accuracy'], '.2f')}%", f"{_fmt(r['change_points'], '+.2f')} pt",
-                     f"{_fmt(r['agreement'], '.2f')}%", _fmt(r.get("batch_diff"), ".1e"),
+                     agreement_cell(r, model_file), _fmt(r.get("batch_diff"), ".1e"),
                      f"{_fmt(r['p50_ms_b1'], '.3f')} ms", f"{_fmt(r['speedup_vs_keras_predict'], '.1f')}x", gate])
     return rows
 
@@ -190,6 +227,7 @@ VALIDATION_HEADERS = ["artifact", "size", "accuracy", "vs Keras", "agreement", "
 def validation_rows(report: dict) -> list[list[str]]:
     """validation.json as strings: one row per artifact, failures spelled out in the gate column."""
     rows = []
+    model_file = (report.get("reference") or {}).get("file") or "the model"
     for r in report["artifacts"]:
         if "accuracy" not in r:  # a kind that could not be made or run: no metrics, its reason in the gate column
             rows.append([r.get("target", r["kind"]), f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "–", "–",
@@ -198,12 +236,12 @@ def validation_rows(report: dict) -> list[list[str]]:
             continue
         moved = ", ".join(f"{m['class']} {m['change_points']:+.1f}" for m in r["moved_most"][:2]) or "-"
         b = r.get("batch_invariance") or {}
-        rows.append([r.get("target", r["kind"]), f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?",
+        rows.append([artifact_label(r), f"{r['bytes'] / 1024:.0f} KiB" if r.get("bytes") else "?",
                      f"{r['accuracy']:.2%}",
-                     f"{r['change_points']:+.2f} pt", f"{r['agreement']:.2f}%", f"{r['max_abs_diff']:.1e}",
+                     f"{r['change_points']:+.2f} pt", agreement_cell(r, model_file), f"{r['max_abs_diff']:.1e}",
                      f"{r['mean_abs_diff']:.1e}",
                      f"{max(b['max_diff_batch_1'], b['max_diff_shuffled']):.1e}" if b else "-", moved,
-                     "pass" if r["passed"] else "FAIL " + "; ".join(r["failures"])])
+                     gate_cell(r)])
     return rows
 
 
@@ -248,7 +286,9 @@ def render_markdown(table: dict) -> str:
              "reference row: Keras' compiled `predict_on_batch` against its own `model.predict`). "
              f"The model outputs {table.get('output') or '?'}; differences are taken between probabilities. "
              "'batch diff' is the largest output difference between the same images run one at a time, in a "
-             "batch, and in that batch shuffled (the batch-invariance check).", "", *_cpu_lines(env, table)]
+             "batch, and in that batch shuffled (the batch-invariance check). Agreement is top-1 agreement with "
+             f"your model `{table['rows'][0]['file'] if table['rows'] else '?'}`; a QAT file's row names the model it was "
+             "fine-tuned into and its agreement with that one beside it.", "", *_cpu_lines(env, table)]
     lines += [f"> **Warning:** {w}" for w in table.get("warnings", [])] + ([""] if table.get("warnings") else [])
     lines += ["| " + " | ".join(SUMMARY_HEADERS) + " |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(table, bold_fail=True)]

@@ -285,7 +285,7 @@ def test_cli_refuses_bad_int8_options_in_one_line(tmp_path, args, text):
 
 @pytest.mark.slow
 def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
-    """convert --quantize int8 --int8 qat on the trained resmini run: both kinds from one fine-tuned
+    """convert --quantize int8 --int8 qat --qat-loss labels on the trained resmini run: both kinds from one fine-tuned
     model, saved in the run, int8 I/O kept for TFLite, the claims recorded (not asserted to pass: the
     numbers depend on the CPU)."""
     import shutil
@@ -297,7 +297,7 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
     shutil.copytree(trained_run.run, run)
     kinds = [formats.get("tflite-int8"), formats.get("onnx-int8")]
     status = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, force=True, int8="qat",
-                     qat_epochs=0.01)
+                     qat_epochs=0.01, qat_loss="labels")  # the retrained route (issue 32: distill is the default)
     assert {k: str(v) for k, v in status.items()} == {"tflite-int8": "written", "onnx-int8": "written"}
     man = mf.read_manifest(run)
     assert (run / "model_qat.keras").is_file()
@@ -308,7 +308,8 @@ def test_convert_int8_qat_records_both_claims(trained_run, fmnist, tmp_path):
         assert entry["qat"]["claims"]["keeps_the_original_accuracy"]["gates"]["min_agreement"] is None
         assert entry["qat"]["steps"] >= 1 and entry["qat"]["lr"] > 0 and entry["qat"]["seconds"] >= 0
     assert man["artifacts"]["tflite-int8"]["inputs"][0]["dtype"] == "uint8"  # app-ready (README, Use the files in an app)
-    again = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01)
+    again = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, int8="qat", qat_epochs=0.01,
+                    qat_loss="labels")
     assert {k: v.status for k, v in again.items()} == {"tflite-int8": Status.UP_TO_DATE, "onnx-int8": Status.UP_TO_DATE}
     json.dumps(man)  # the records are plain JSON
 
@@ -473,7 +474,7 @@ def test_auto_fallback_on_top_of_qat_is_judged_as_qat(trained_run, fmnist, tmp_p
     shutil.copytree(trained_run.run, run)
     kinds = [formats.get("tflite-int8"), formats.get("onnx-int8")]
     status = convert(run=run, kinds=kinds, dataset=fmnist, calib_samples=100, force=True, int8="auto",
-                     qat_epochs=0.01)
+                     qat_epochs=0.01, qat_loss="labels")  # the retrained route: judged as its QAT files
     assert {k: str(v) for k, v in status.items()} == {"tflite-int8": "written", "onnx-int8": "written"}, status
     for name in ("tflite-int8", "onnx-int8"):
         entry = Run.of(run).artifact(name)

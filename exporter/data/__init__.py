@@ -13,13 +13,14 @@ Knows nothing about artifact formats.
 
 from exporter.data.datasets import (CIFAR10_CLASSES, CIFAR_TEST_BATCH, CIFAR_TRAIN_BATCHES, DATASETS,
                                     FASHION_CLASSES, IDX_FILES, MIN_CALIBRATION, MNIST_CLASSES, Calibration,
-                                    Dataset, calibration_set, candidate_dirs, holdout_set, indices_hash,
+                                    Dataset, Images, calibration_set, candidate_dirs, holdout_set, indices_hash,
+                                    open_images,
                                     is_builtin_name, load_dataset, open_own, parse_cifar_batch, parse_idx,
                                     read_idx_gz, scaled_builtin, stratified_indices, subset)
 from exporter.data.preprocessing import SCALE_HELP, SCALES, Preprocessing, decide
 
 __all__ = ["CIFAR10_CLASSES", "CIFAR_TEST_BATCH", "CIFAR_TRAIN_BATCHES", "DATASETS", "FASHION_CLASSES",
-           "IDX_FILES", "MIN_CALIBRATION", "MNIST_CLASSES", "Calibration", "Dataset", "Preprocessing", "SCALES",
+           "IDX_FILES", "Images", "MIN_CALIBRATION", "MNIST_CLASSES", "Calibration", "Dataset", "Preprocessing", "SCALES",
            "SCALE_HELP", "calibration_set", "candidate_dirs", "decide", "holdout_set", "indices_hash",
-           "is_builtin_name", "load_dataset", "open_own", "parse_cifar_batch", "parse_idx", "read_idx_gz",
+           "is_builtin_name", "load_dataset", "open_images", "open_own", "parse_cifar_batch", "parse_idx", "read_idx_gz",
            "scaled_builtin", "stratified_indices", "subset"]

@@ -513,3 +513,38 @@ def holdout_set(ds: Dataset, n: int, *, exclude=(), seed: int = 3) -> Calibratio
                          hint="use fewer --calib-samples")
     idx = keep[stratified_indices(ds.y_train[keep], min(n, len(keep)), seed=seed)]
     return Calibration(ds.x_train[idx], idx, indices_hash(idx))
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images to fine-tune on (QAT's --qat-data): a lazy array-like, labels when the source has them."""
+    x: object                      # exporter.data.own.LazyImages
+    labels: np.ndarray | None
+    origin: dict
+
+    def describe(self) -> dict:
+        return {**self.origin, "count": int(len(self.x)), "labelled": self.labels is not None}
+
+
+def open_images(spec, pp, *, exclude_like: Dataset | None = None) -> Images:
+    """An image folder (any layout, labels not read) or an .npz (x / x_train, labels y / y_train if
+    present) as lazy images preprocessed with `pp`. With `exclude_like` (the run's dataset), images
+    whose content is also one of its TEST images are left out (fine-tuning on them would flatter
+    validation); how many is recorded."""
+    items, labels, origin = owndata.open_images(Path(spec))
+    keep = np.arange(len(items))
+    x = owndata.LazyImages(items, keep, pp)
+    test = getattr(exclude_like, "x_test", None)
+    if test is not None and _is_lazy(test):
+        test_hashes = set(test.item_hashes())
+        same = np.asarray([h in test_hashes for h in x.item_hashes()], bool)
+        if same.any():
+            origin = {**origin, "left_out_as_test_images": int(same.sum())}
+            keep = keep[~same]
+            if not len(keep):
+                raise UsageError(f"--qat-data {spec}: every image is also a test image",
+                                 hint="fine-tune on images that are not in the test set")
+            x = x.take(np.flatnonzero(~same))
+            labels = None if labels is None else labels[~same]
+    return Images(x, labels, {**origin, "content_hash": x.content_hash()})
+

@@ -588,3 +588,54 @@ def open_source(path: Path, *, test_split: float | None = None, seed: int = 0) -
         src.origin.update(test_split=test_split, seed=seed)
         return src
     return open_npz(path)
+
+
+# ------------------------------------------------------------------------------ images without labels
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+IMAGES_NPZ_HINT = "an images-only .npz needs x (or x_train): N,H,W,C images, uint8 or float 0..1; y (or y_train) optional"
+
+
+def open_images(path: Path) -> tuple[object, np.ndarray | None, dict]:
+    """Images that may have no labels (QAT's --qat-data): (items, labels or None, origin).
+
+    A folder: every image file under it, at any depth, in sorted path order (class sub-folders are
+    allowed and their names ignored: no labels). An .npz: `x` (or `x_train`), with `y` (or
+    `y_train`) as labels when present."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"--qat-data {path} does not exist", hint="pass an image folder or an .npz file")
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                       and not any(_is_hidden(q) for q in f.relative_to(path).parts))
+        if not files:
+            raise DataError(f"--qat-data {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return FileItems(files, path), None, {"kind": "folder", "path": str(path.resolve()), "images": len(files)}
+    if path.suffix.lower() != ".npz":
+        raise UsageError(f"--qat-data {path} is a file but not an .npz", hint="pass an image folder or an .npz")
+    try:
+        members = _npz_members(path)
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npz ({' '.join(str(exc).split())[:150]})",
+                        hint="write it with numpy.savez") from exc
+    key = next((k for k in ("x", "x_train") if k in npz.files), None)
+    if key is None:
+        raise DataError(f"{path} has no x or x_train (has: {', '.join(sorted(npz.files)) or 'nothing'})",
+                        hint=IMAGES_NPZ_HINT)
+    arr = members.get(key) if members.get(key) is not None else npz[key]
+    if arr.dtype.kind not in "uif" or len(arr.shape) not in (3, 4) or (len(arr.shape) == 4 and arr.shape[-1] not in (1, 3)) \
+            or (arr.dtype.kind in "iu" and arr.dtype != np.uint8) or not arr.shape[0]:
+        raise DataError(f"{path}: '{key}' must be N,H,W,C images (C 1 or 3), uint8 or float; found "
+                        f"{arr.dtype} {tuple(arr.shape)}", hint=IMAGES_NPZ_HINT)
+    ykey = {"x": "y", "x_train": "y_train"}[key]
+    labels = None
+    if ykey in npz.files:
+        y = np.asarray(npz[ykey])
+        if y.dtype.kind not in "iu" or y.reshape(-1).shape[0] != arr.shape[0]:
+            raise DataError(f"{path}: '{ykey}' must be {arr.shape[0]} integer labels, found {y.dtype} {y.shape}",
+                            hint=IMAGES_NPZ_HINT)
+        labels = y.reshape(-1).astype(np.int64)
+    return ArrayItems(arr, f"{path}:{key}"), labels, {"kind": "npz", "path": str(path.resolve()), "member": key,
+                                                     "images": int(arr.shape[0])}
+

@@ -1,7 +1,10 @@
 """Every int8 artifact comes from here: `make_int8` for one calibrated kind, by remedy
 
 - ptq: calibration only (export_int8: the converter's post-training quantisation);
-- qat: quantisation-aware fine-tuning (exporter.quantize.qat), exported from the fine-tuned model;
+- qat: quantisation-aware fine-tuning (exporter.quantize.qat), exported from the fine-tuned model. By
+  default distilled from the original (its outputs are the target: images only, `qat_images` or the
+  training split) and judged against the ORIGINAL like a PTQ file; with qat_loss='labels' a retrained
+  model, judged against the fine-tuned model it became (and its accuracy drop against the original);
 - fallback: the fewest layers kept in float32 (exporter.quantize.diagnose.fallback_search);
 - auto: the cheapest that passes, in that order (ptq, then qat, then fallback on top of the better of
   the two: of the original, or of the fine-tuned model), each judged on the hold-out slice by
@@ -45,7 +48,10 @@ def check_int8(mode: str) -> str:
 
 class Int8Session:
     def __init__(self, *, run, source, dataset, calibration, target_cpu: str = "auto",
-                 qat_epochs: float | None = None, qat_steps: int | None = None, qat_lr: float | None = None):
+                 qat_epochs: float | None = None, qat_steps: int | None = None, qat_lr: float | None = None,
+                 qat_loss: str | None = None, qat_label_weight: float | None = None, qat_images=None):
+        """qat_images: exporter.data.Images to fine-tune on (--qat-data; default: the training split
+        minus the hold-out). qat_loss: 'distill' (default) or 'labels' (exporter.quantize.qat.LOSSES)."""
         from exporter.quantize import qat
 
         self.run, self.source, self.dataset = Run.of(run), source, dataset
@@ -53,6 +59,10 @@ class Int8Session:
         self.qat_epochs = qat_epochs
         self.qat_steps = qat_steps if qat_steps is not None else (None if qat_epochs else qat.DEFAULT_STEPS)
         self.qat_lr = qat_lr or qat.DEFAULT_LR
+        self.qat_loss = qat.check_loss(qat_loss or qat.DEFAULT_LOSS)
+        self.qat_label_weight = qat.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
+        self.qat_images = qat_images
+        self.qat_batch = qat.DEFAULT_BATCH
         self.convention = self.run.output or "probabilities"
         self._hold = self._ref = self._qat = self._qat_ref = self._difficulty = None
         self._qat_error: UsageError | None = None
@@ -122,26 +132,25 @@ class Int8Session:
         qmodel, notes = qat.build_qat_model(model)
         calib = np.asarray(self.calibration.x, np.float32)
         qat.calibrate(qmodel, calib)
-        hold = self.holdout()[0]
-        ds = self.dataset
-        avail = np.setdiff1d(np.arange(len(ds.y_train)), hold.indices)
-        batch = qat.DEFAULT_BATCH
-        steps = self.qat_steps or int(np.ceil(self.qat_epochs * len(avail) / batch))
-        rng = np.random.default_rng(0)
-        take = np.sort(rng.choice(avail, size=min(len(avail), steps * batch), replace=False))
-        x = np.asarray(ds.x_train[take], np.float32)
-        y = np.asarray(ds.y_train[take])
-        log.info("QAT: fine-tuning %s for %d steps on %d training images", model.name, steps, len(take))
-        record = qat.fine_tune(qmodel, x, y, epochs=max(1, int(np.ceil(steps * batch / len(take)))), steps=steps,
-                               batch_size=batch, lr=self.qat_lr, output=self.convention)
+        x, y, images_from, batch, steps, available = self._fine_tune_images()
+        teacher = None
+        if self.qat_loss == "distill":  # the original, in inference mode, once: the targets
+            teacher = np.concatenate([model(np.asarray(x[i: i + 256], np.float32), training=False).numpy()
+                                      for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 1), np.float32)
+        log.info("QAT: fine-tuning %s for %d steps on %d images (%s)", model.name, steps, len(x),
+                 "distilled from the original" if teacher is not None else "on the labels")
+        record = qat.fine_tune(qmodel, x, y, epochs=max(1, int(np.ceil(steps * batch / max(len(x), 1)))), steps=steps,
+                               batch_size=batch, lr=self.qat_lr, output=self.convention, loss=self.qat_loss,
+                               teacher_outputs=teacher, label_weight=self.qat_label_weight)
         path = self.run / QAT_FILE
         with tempfile.TemporaryDirectory(prefix="resexport-qat-") as tmpdir:
             tmp_model = Path(tmpdir) / QAT_FILE
             qmodel.save(tmp_model)
             with atomic_path(path) as tmp:
                 shutil.copyfile(tmp_model, tmp)
-        record = {**record, "epochs_over_training_split": round(record["steps"] * batch / max(len(avail), 1), 3),
-                  "images_from": "training split minus the hold-out slice",
+        record = {**record, "epochs_over_images": round(record["steps"] * batch / max(available, 1), 3),
+                  "images_from": images_from,
+                  "judged_against": "original" if self.qat_loss == "distill" else "fine-tuned",
                   "ranges": f"activations: min/max over the {len(calib)} calibration images, then EMA "
                             f"(decay {qat.EMA_DECAY}) while fine-tuning (sigmoid/softmax/tanh: the kernels' fixed "
                             "ranges; an interpolating resize: its input's); weights: max |w| per output channel "
@@ -151,6 +160,30 @@ class Int8Session:
                   "seconds_total": round(time.perf_counter() - start, 1)}
         qat_ref = qmodel.predict(self.holdout()[0].x, batch_size=256, verbose=0)
         return qmodel, record, qat_ref
+
+    def _fine_tune_images(self):
+        """(x, labels or None, where from, batch, steps, images available): --qat-data's images, or the
+        training split minus the hold-out slice; at most steps x batch of them, drawn once (seeded)."""
+        batch = self.qat_batch
+        rng = np.random.default_rng(0)
+        if self.qat_images is not None:
+            imgs = self.qat_images
+            n = len(imgs.x)
+            steps = self.qat_steps or int(np.ceil(self.qat_epochs * n / batch))
+            take = np.sort(rng.choice(n, size=min(n, steps * batch), replace=False))
+            if self.qat_loss == "labels" and imgs.labels is None:
+                raise UsageError(f"--qat-loss labels needs labels, and --qat-data {imgs.origin.get('path')} has none",
+                                 hint="use --qat-loss distill (the default: images only), or an .npz with y")
+            y = None if imgs.labels is None else np.asarray(imgs.labels[take])
+            return (np.asarray(imgs.x[take], np.float32), y, {"qat_data": imgs.describe()}, batch, steps, n)
+        hold = self.holdout()[0]
+        ds = self.dataset
+        avail = np.setdiff1d(np.arange(len(ds.y_train)), hold.indices)
+        steps = self.qat_steps or int(np.ceil(self.qat_epochs * len(avail) / batch))
+        take = np.sort(rng.choice(avail, size=min(len(avail), steps * batch), replace=False))
+        return (np.asarray(ds.x_train[take], np.float32), np.asarray(ds.y_train[take]),
+                "training split minus the hold-out slice" + (" (labels unused)" if self.qat_loss == "distill" else ""),
+                batch, steps, len(avail))
 
     # ------------------------------------------------------------------ remedies
     def _judge(self, out_path: Path, kind, reference=None, gates=None, of: str = "original") -> dict:
@@ -181,18 +214,25 @@ class Int8Session:
         return result
 
     def qat_claims(self, kind, out: Path, qat_ref) -> dict:
-        """Claim 1: the file computes what the fine-tuned model computes (int8 gates against it in
-        Keras). Claim 2: it keeps the original's accuracy (the drop gate against the original; the
-        agreement with the original is reported, not gated)."""
+        """Distilled (default): the file is good when it agrees with the ORIGINAL within the kind's gates
+        (agreement and drop), exactly like a PTQ file; that it computes what the fine-tuned model computes
+        is reported (it proves the simulation), not gated. Labels (a retrained model): claim 1, the file
+        computes what the fine-tuned model computes (int8 gates against it); claim 2, it keeps the original's
+        accuracy (the drop gate against the original; the agreement with the original reported)."""
         same = self._judge(out, kind, reference=qat_ref, of="qat")
+        if self.qat_loss == "distill":
+            agrees = self._judge(out, kind)
+            return {"claims": {"agrees_with_the_original": agrees, "computes_the_qat_model": {**same, "gated": False}},
+                    "passed": agrees["passed"]}
         keeps = self._judge(out, kind, gates=replace(kind.gates, min_agreement=None))
         return {"claims": {"computes_the_qat_model": same, "keeps_the_original_accuracy": keeps},
                 "passed": same["passed"] and keeps["passed"]}
 
     def fallback(self, kind, out: Path, on: str = "ptq") -> dict:
         """The fewest layers kept float that pass. on='ptq': of the original model, judged against it.
-        on='qat': of the fine-tuned model (its float twin quantised from calibration), judged by the
-        two QAT claims: agreement with the fine-tuned model, drop against the original."""
+        on='qat': of the fine-tuned model (its float twin quantised from calibration), judged as its QAT
+        files are: distilled, against the original (agreement with the fine-tuned model reported); labels,
+        by the two claims (agreement with the fine-tuned model, drop against the original)."""
         if on == "ptq":
             return {"int8": "fallback", "fallback_on": "ptq",
                     **fallback_search(kind=kind, source=self.source, out=out, calibration=self.calibration,
@@ -204,17 +244,25 @@ class Int8Session:
         twin = ExportSource(path=self.run / QAT_FILE, family="keras", input_shape=self.source.input_shape,
                             input_name=self.source.input_name, num_classes=self.source.num_classes,
                             _model=qat.float_twin(qmodel))
-        keeps_gates = replace(kind.gates, min_agreement=None)
+        distilled = self.qat_loss == "distill"
+        if distilled:  # judged against the original; what it computes of the fine-tuned model reported
+            reference, difficulty = self.reference(), self.difficulty()
+            also = lambda outputs: {**self._verdict(outputs, kind, reference=qat_ref, of="qat"), "passed": True,
+                                    "failures": [], "gated": False}  # noqa: E731
+        else:
+            keeps_gates = replace(kind.gates, min_agreement=None)
+            reference, difficulty = qat_ref, self.difficulty("qat")
+            also = lambda outputs: self._verdict(outputs, kind, gates=keeps_gates)  # noqa: E731
         try:
             details = fallback_search(kind=kind, source=twin, out=out, calibration=self.calibration,
                                       dataset=self.dataset, run=self.run, target_cpu=self.target_cpu,
-                                      reference=qat_ref, difficulty=self.difficulty("qat"),
-                                      also=lambda outputs: self._verdict(outputs, kind, gates=keeps_gates))
+                                      reference=reference, difficulty=difficulty, also=also)
         finally:
             twin.cleanup()
         chosen = dict(details["fallback_search"]["chosen"])
-        keeps = chosen.pop("also")
-        claims = {"computes_the_qat_model": chosen, "keeps_the_original_accuracy": keeps}
+        second = chosen.pop("also")
+        claims = ({"agrees_with_the_original": chosen, "computes_the_qat_model": second} if distilled
+                  else {"computes_the_qat_model": chosen, "keeps_the_original_accuracy": second})
         return {"int8": "fallback", "fallback_on": "qat", **details,
                 "qat": {**record, "claims": claims, "passed": chosen["passed"]}}
 
@@ -271,11 +319,12 @@ class Int8Session:
     @staticmethod
     def _bases(tried: list[tuple[dict, Path, dict]]) -> list[str]:
         """The fallback's bases, best first: 'qat' (the fine-tuned model) and 'ptq' (the original),
-        ranked by how close their hold-out agreement bound came (QAT: with the fine-tuned model it
-        computes); only 'ptq' when QAT was not tried."""
+        ranked by how close their hold-out agreement bound came to what they are judged against (distilled
+        QAT: the original; label QAT: the fine-tuned model it computes); only 'ptq' when QAT was not tried."""
         def bound(details: dict, step: dict) -> float:
             if step["remedy"] == "qat":
-                return details["qat"]["claims"]["computes_the_qat_model"]["agreement_lower_bound"]
+                claims = details["qat"]["claims"]
+                return (claims.get("agrees_with_the_original") or claims["computes_the_qat_model"])["agreement_lower_bound"]
             return step["verdict"]["agreement_lower_bound"]
 
         ranked = [remedy for _, remedy in sorted(((bound(d, step), step["remedy"]) for d, _, step in tried),

@@ -407,19 +407,95 @@ def calibrate(qat_model, images: np.ndarray, batch: int = 64) -> None:
     sync_ranges(qat_model)
 
 
-def fine_tune(qat_model, x: np.ndarray, y: np.ndarray, *, epochs: int = DEFAULT_EPOCHS,
+# The fine-tuning loss (issue 32). 'distill' (default): the target is the ORIGINAL model's own output on
+# each image (the teacher, run once in inference mode before fine-tuning), so the int8 model is pulled
+# back onto the model the user brought, not onto the labels: QAT then needs images only, and the file is
+# judged against the original like a PTQ file. 'labels': sparse cross-entropy on the labels (the route
+# before issue 32): a RETRAINED model, which may gain accuracy and disagree with the original (on an
+# under-trained model, one test image in eight).
+LOSSES = ("distill", "labels")
+DEFAULT_LOSS = "distill"
+# Temperature 1: the int8 gates compare the file's top-1 and probabilities with the original's at T=1, so
+# the loss matches the original's probabilities exactly as they are measured (a higher T spreads the
+# weight onto the non-top classes, which the gates never read). A probabilities model's teacher logits are
+# log(p) (softmax(log p / T) = p^(1/T) normalised, so any T is defined for both conventions).
+DISTILL_TEMPERATURE = 1.0
+# Weight of an extra label term in the distilled loss: 0 by default, because any weight on the labels pulls
+# the model away from the original exactly where it disagrees with them (the images whose predictions the
+# user's model has, right or wrong, and the file should keep); and with 0 no labels are needed at all.
+DEFAULT_LABEL_WEIGHT = 0.0
+_EPS = 1e-7
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise UsageError(f"unknown --qat-loss '{loss}'", hint=f"choose one of: {', '.join(LOSSES)}")
+    return loss
+
+
+def as_logits(outputs: np.ndarray, output: str) -> np.ndarray:
+    """Logits of a model's outputs: as they are (logits), or log p (probabilities; up to a per-image
+    constant that softmax ignores)."""
+    outputs = np.asarray(outputs, np.float64)
+    return outputs if output == "logits" else np.log(np.clip(outputs, _EPS, 1.0))
+
+
+def soft_targets(teacher_outputs: np.ndarray, output: str, temperature: float = DISTILL_TEMPERATURE) -> np.ndarray:
+    """The teacher's temperature-softened probabilities softmax(logits / T)."""
+    z = as_logits(teacher_outputs, output) / temperature
+    z -= z.max(1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def distill_loss(output: str, classes: int, temperature: float = DISTILL_TEMPERATURE, label_weight: float = 0.0):
+    """Keras loss on y_true = [soft targets (classes) | one-hot labels (classes)]: T^2 x cross-entropy of
+    the student's softmax(logits / T) with the soft targets (KL divergence up to the targets' entropy,
+    the same gradients), plus label_weight x cross-entropy with the labels at T=1."""
+    ops = keras.ops
+
+    def loss(y_true, y_pred):
+        z = y_pred if output == "logits" else ops.log(ops.clip(y_pred, _EPS, 1.0))
+        soft, onehot = y_true[:, :classes], y_true[:, classes:]
+        kd = -ops.sum(soft * ops.log_softmax(z / temperature, axis=-1), axis=-1) * (temperature ** 2)
+        if label_weight:
+            kd = kd - label_weight * ops.sum(onehot * ops.log_softmax(z, axis=-1), axis=-1)
+        return kd
+
+    return loss
+
+
+def fine_tune(qat_model, x: np.ndarray, y: np.ndarray | None = None, *, epochs: int = DEFAULT_EPOCHS,
               steps: int | None = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR,
-              output: str = "probabilities", seed: int = 0) -> dict:
-    """Fine-tune with simulated int8: Adam at `lr`, sparse cross-entropy on the model's own output
-    convention, `epochs` passes over (x, y) capped at `steps` steps in all. Returns what was done."""
+              output: str = "probabilities", seed: int = 0, loss: str = "labels",
+              teacher_outputs: np.ndarray | None = None, temperature: float = DISTILL_TEMPERATURE,
+              label_weight: float = DEFAULT_LABEL_WEIGHT) -> dict:
+    """Fine-tune with simulated int8: Adam at `lr`, `epochs` passes over x capped at `steps` steps in all.
+    loss='labels': sparse cross-entropy with `y` on the model's own output convention. loss='distill': the
+    original's outputs on x (`teacher_outputs`, same convention) softened at `temperature` are the target
+    (distill_loss), with `label_weight` x cross-entropy on `y` added when it is > 0. Returns what was done."""
+    check_loss(loss)
     keras.utils.set_random_seed(seed)
     n = len(x)
     per_epoch = max(1, int(np.ceil(n / batch_size)))
     total = per_epoch * max(1, epochs)
     if steps:
         total = min(total, steps)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=(output == "logits"))
-    qat_model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, jit_compile=False)
+    if loss == "labels":
+        if y is None:
+            raise UsageError("--qat-loss labels needs labelled images", hint="use --qat-loss distill (images only)")
+        fn = keras.losses.SparseCategoricalCrossentropy(from_logits=(output == "logits"))
+        target = np.asarray(y)
+    else:
+        if teacher_outputs is None or len(teacher_outputs) != n:
+            raise ValueError("distillation needs the original's outputs on every fine-tuning image")
+        if label_weight and y is None:
+            raise UsageError("a label weight needs labelled images", hint="leave the label weight at 0")
+        classes = int(teacher_outputs.shape[1])
+        onehot = np.eye(classes, dtype=np.float32)[np.asarray(y)] if label_weight else np.zeros((n, classes), np.float32)
+        target = np.concatenate([soft_targets(teacher_outputs, output, temperature), onehot], axis=1)
+        fn = distill_loss(output, classes, temperature, label_weight)
+    qat_model.compile(optimizer=keras.optimizers.Adam(lr), loss=fn, jit_compile=False)
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     done = 0
@@ -431,12 +507,15 @@ def fine_tune(qat_model, x: np.ndarray, y: np.ndarray, *, epochs: int = DEFAULT_
             if done >= total:
                 break
             idx = np.sort(order[i: i + batch_size])
-            out = qat_model.train_on_batch(np.asarray(x[idx], np.float32), np.asarray(y[idx]), return_dict=True)
+            out = qat_model.train_on_batch(np.asarray(x[idx], np.float32), target[idx], return_dict=True)
             losses.append(float(out["loss"]))
             sync_ranges(qat_model, links)  # the EMA moved the ranges: biases and tied ranges follow
             done += 1
     return {"steps": done, "epochs": round(done / per_epoch, 3), "batch_size": batch_size, "lr": lr,
             "images": int(min(n, done * batch_size)), "optimizer": "Adam",
+            "loss": loss, **({"temperature": temperature, "label_weight": label_weight,
+                              "target": "the original model's outputs (inference mode), softened at the temperature"}
+                             if loss == "distill" else {"target": "the labels"}),
             "final_loss": round(float(np.mean(losses[-20:])), 4) if losses else None,
             "seconds": round(time.perf_counter() - start, 1)}
 

@@ -1,0 +1,217 @@
+"""Issue 32: QAT that stays your model. Fine-tuning distilled from the original (images only, labels
+optional: --qat-data), QAT files judged against the original like PTQ files, and rows that say which
+model a QAT file was fine-tuned into.
+
+Nothing here asserts a number only one CPU produces: the models get deterministic weights, and what is
+asserted are relations (distilled vs label route on the same steps) and the int8 gates."""
+
+import numpy as np
+import pytest
+
+from exporter import formats
+
+
+def _agreement(a, b) -> float:
+    return 100 * float((np.asarray(a).argmax(1) == np.asarray(b).argmax(1)).mean())
+
+
+# ------------------------------------------------------------------ the loss
+
+@pytest.mark.parametrize("output", ["probabilities", "logits"])
+def test_soft_targets_are_the_originals_probabilities_at_temperature_1(output):
+    from exporter.quantize import qat
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (50, 7))
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    got = qat.soft_targets(p if output == "probabilities" else logits, output, 1.0)
+    np.testing.assert_allclose(got, p, atol=1e-5)
+    warm = qat.soft_targets(logits, "logits", 4.0)  # softened: the same order, flatter
+    assert (warm.argmax(1) == p.argmax(1)).all() and (warm.max(1) < p.max(1) + 1e-6).all()
+
+
+def test_distill_loss_is_smallest_where_the_student_is_the_teacher():
+    import keras
+
+    from exporter.quantize import qat
+
+    rng = np.random.default_rng(1)
+    teacher = rng.normal(0, 2, (32, 5)).astype(np.float32)
+    target = np.concatenate([qat.soft_targets(teacher, "logits"), np.zeros((32, 5), np.float32)], axis=1)
+    loss = qat.distill_loss("logits", 5)
+    same = float(keras.ops.mean(loss(target, teacher)))
+    other = float(keras.ops.mean(loss(target, teacher + rng.normal(0, 1, teacher.shape).astype(np.float32))))
+    assert same < other
+
+
+def test_distillation_follows_the_original_where_the_label_route_leaves_it():
+    """The same QAT rebuild, the same images and steps, fine-tuned two ways on labels that disagree with
+    the original on every image (its top class shifted by one: a model the labels would call wrong): the
+    label route moves the model away from the original, the distilled route keeps it."""
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    x = np.random.default_rng(2).uniform(0, 1, (512, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    teacher = original.predict(x, verbose=0)
+    wrong = (teacher.argmax(1) + 1) % 10
+    agree = {}
+    for loss in ("labels", "distill"):
+        model, _ = qat.build_qat_model(original)
+        qat.calibrate(model, x[:128])
+        rec = qat.fine_tune(model, x, wrong, epochs=5, steps=40, batch_size=64, lr=3e-3, loss=loss,
+                            teacher_outputs=teacher if loss == "distill" else None)
+        assert rec["loss"] == loss and rec["steps"] == 40
+        agree[loss] = _agreement(model.predict(x, verbose=0), teacher)
+    assert agree["distill"] > agree["labels"] + 20, agree
+    assert agree["distill"] >= 90, agree
+
+
+def test_fine_tune_needs_labels_only_for_the_label_route():
+    from exporter.errors import UsageError
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    x = np.random.default_rng(3).uniform(0, 1, (64, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    model, _ = qat.build_qat_model(original)
+    qat.calibrate(model, x)
+    rec = qat.fine_tune(model, x, None, steps=2, batch_size=32, loss="distill",
+                        teacher_outputs=original.predict(x, verbose=0))
+    assert rec["label_weight"] == 0 and rec["temperature"] == qat.DISTILL_TEMPERATURE
+    with pytest.raises(UsageError, match="labelled"):
+        qat.fine_tune(model, x, None, steps=1, loss="labels")
+    with pytest.raises(UsageError, match="qat-loss"):
+        qat.check_loss("soft")
+
+
+# ------------------------------------------------------------------ images without labels
+
+def test_qat_data_reads_images_without_labels(tmp_path, fmnist):
+    """A folder of images with no class sub-folders, and an .npz with only x: images, no labels; test
+    images among them are left out."""
+    from PIL import Image
+
+    from exporter.data import open_images, Preprocessing
+
+    folder = tmp_path / "unlabeled"
+    (folder / "deep").mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray((fmnist.x_train[i, ..., 0] * 255).astype(np.uint8)).save(folder / ("deep" if i % 2 else "")
+                                                                                / f"{i}.png")
+    pp = Preprocessing(28, 28, 1, "unit")
+    imgs = open_images(folder, pp)
+    assert imgs.labels is None and len(imgs.x) == 6 and imgs.x[:2].shape == (2, 28, 28, 1)
+    np.savez(tmp_path / "x.npz", x=(fmnist.x_train[:10] * 255).astype(np.uint8))
+    imgs = open_images(tmp_path / "x.npz", pp)
+    assert imgs.labels is None and len(imgs.x) == 10 and imgs.describe()["labelled"] is False
+    np.savez(tmp_path / "xy.npz", x_train=(fmnist.x_train[:10] * 255).astype(np.uint8), y_train=np.arange(10))
+    assert list(open_images(tmp_path / "xy.npz", pp).labels) == list(range(10))
+
+
+# ------------------------------------------------------------------ end to end
+
+@pytest.fixture(scope="module")
+def distilled_run(resmini_run, fmnist, tmp_path_factory):
+    """The committed resmini's run, its int8 kinds made by QAT distilled on a folder of images with no
+    class sub-folders (and no labels anywhere), through the API's options; validated on the test set."""
+    import shutil
+
+    from PIL import Image
+
+    from exporter import api
+
+    tmp = tmp_path_factory.mktemp("distill")
+    folder = tmp / "photos"
+    folder.mkdir()
+    for i in range(20000, 20640):  # training images the model may have seen; no labels kept
+        Image.fromarray((fmnist.x_train[i, ..., 0] * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
+    run = tmp / "run"
+    shutil.copytree(resmini_run, run)
+    conv = api.convert(run=run, dataset=fmnist, force=True, quantize="int8", int8="qat", qat_data=folder,
+                       qat_epochs=1.0, calib_samples=200)
+    conv.check()
+    return conv, api.validate(conv.run, dataset=fmnist, artifacts=["tflite-int8", "onnx-int8"])
+
+
+def test_qat_from_an_unlabeled_folder_passes_against_the_original(distilled_run):
+    conv, val = distilled_run
+    for name in ("tflite-int8", "onnx-int8"):
+        entry = conv.run.artifact(name)
+        rec = entry["qat"]
+        assert entry["int8"] == "qat" and rec["loss"] == "distill" and rec["label_weight"] == 0
+        assert rec["images_from"]["qat_data"]["labelled"] is False and rec["images_from"]["qat_data"]["count"] == 640
+        assert rec["judged_against"] == "original" and rec["passed"], rec["claims"]
+        assert set(rec["claims"]) == {"agrees_with_the_original", "computes_the_qat_model"}
+        assert rec["claims"]["agrees_with_the_original"]["gates"]["min_agreement"] == \
+            formats.get(name).gates.min_agreement  # the full int8 gates, as for a PTQ file
+        row = val.artifacts[name]
+        assert row["passed"], row["failures"]
+        assert row["agreement_reference"] == "model.keras" and row["fine_tuned_model"] == "model_qat.keras"
+        assert row["agreement"] == row["agreement_with_original"] >= formats.get(name).gates.min_agreement
+        assert row["agreement_with_fine_tuned"] is not None
+        a = val.agreements()[name]
+        assert a["gated_against"] == "model.keras" and a["fine_tuned_model"] == "model_qat.keras"
+
+
+def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
+    from exporter import api
+    from exporter.report import VALIDATION_HEADERS, build_table, summary_rows, validation_rows
+
+    conv, val = distilled_run
+    cells = {r[0]: r for r in validation_rows(val.report)}
+    for name in ("tflite-int8", "onnx-int8"):
+        label = next(k for k in cells if k.startswith(name))
+        assert "model_qat.keras" in label and "distilled" in label
+        agreement = cells[label][VALIDATION_HEADERS.index("agreement")]
+        assert agreement.startswith(f"{val.artifacts[name]['agreement_with_original']:.2f}% vs model.keras")
+        assert "vs model_qat.keras" in agreement
+    api.report(conv.run)
+    md = (conv.run.path / "report.md").read_text()
+    qat_lines = [line for line in md.splitlines() if "tflite-int8 (QAT" in line]
+    assert qat_lines and "vs model.keras" in qat_lines[0] and "model_qat.keras" in qat_lines[0]
+    table = build_table(conv.run)
+    row = next(r for r in table["rows"] if r["kind"] == "tflite-int8")
+    assert row["agreement"] == val.artifacts["tflite-int8"]["agreement_with_original"]
+    assert summary_rows(table)[0][0].startswith("keras")
+
+
+def test_the_label_route_refuses_images_without_labels(resmini_run, fmnist, tmp_path):
+    from exporter.data import Preprocessing, open_images
+    from exporter.errors import UsageError
+    from exporter.quantize.make import Int8Session
+
+    np.savez(tmp_path / "x.npz", x=(fmnist.x_train[:64] * 255).astype(np.uint8))
+    imgs = open_images(tmp_path / "x.npz", Preprocessing(28, 28, 1, "unit"))
+    session = Int8Session(run=resmini_run, source=None, dataset=fmnist, calibration=None, qat_loss="labels",
+                          qat_images=imgs)
+    with pytest.raises(UsageError, match="--qat-loss labels needs labels"):
+        session._fine_tune_images()
+    session = Int8Session(run=resmini_run, source=None, dataset=fmnist, calibration=None, qat_images=imgs)
+    x, y, where, *_ = session._fine_tune_images()
+    assert session.qat_loss == "distill" and y is None and len(x) == 64 and where["qat_data"]["labelled"] is False
+
+
+def test_a_class_that_moves_too_far_is_a_warning_not_a_gate():
+    from exporter.validate import CLASS_SHIFT_POINTS, class_shift, class_shift_warning
+
+    calm = {"moved_most": [{"class": "Coat", "change_points": CLASS_SHIFT_POINTS - 0.5}]}
+    assert class_shift(calm) is None and class_shift({"moved_most": []}) is None
+    row = {"kind": "tflite-int8", "moved_most": [{"class": "Pullover", "change_points": 27.4},
+                                                 {"class": "Coat", "change_points": -17.1}]}
+    row["class_shift"] = class_shift(row)
+    assert row["class_shift"]["class"] == "Pullover"
+    text = class_shift_warning(row, "model.keras")
+    assert "Pullover" in text and "+27.4" in text and "model.keras" in text
+
+
+def test_convert_offers_the_qat_flags():
+    from typer.testing import CliRunner
+
+    from exporter.api import ConvertOptions
+    from exporter.cli import app
+
+    out = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "200"}).output
+    assert "--qat-data" in out and "--qat-loss" in out
+    assert ConvertOptions().qat_loss == "distill" and ConvertOptions().qat_label_weight == 0
