@@ -36,7 +36,7 @@ from exporter.export.source import tensorflow
 from exporter.predict import predict as predict_stage
 from exporter.progress import NULL, Progress
 from exporter.quantize import diagnose
-from exporter.run import Run, default_run_path
+from exporter.run import Run, default_run_path, open_for_run
 from exporter.train import (RECIPES, TrainResult, find_partial, resolve_recipe, resume_command, train as train_stage,
                             training_key)
 from exporter.validate import BATCH_SIZE, failure_summary, validate as validate_stage
