@@ -161,9 +161,10 @@ def _file_node_names(path) -> dict[str, str]:
 
 def _file_node(runtime_name: str, file_nodes: dict[str, str]) -> str | None:
     """The file's node an ORT node comes from: the same name, or the longest file name (of a node or of
-    its output) it extends (ORT names a fused node '<node>_token_<n>', an NCHWc one '<output>_nchwc');
+    its output) it contains (ORT names a fused node '<node>_token_<n>', an NCHWc one '<output>_nchwc');
     None for nodes ORT added."""
     if runtime_name in file_nodes:
         return file_nodes[runtime_name]
-    best = [n for n in file_nodes if runtime_name.startswith(n + "_")]
+    padded = f"_{runtime_name}_"  # a name inside ORT's own: 'InsertedPrecisionFreeCast_t65_0_nchwc'
+    best = [n for n in file_nodes if runtime_name.startswith(n + "_") or f"_{n}_" in padded]
     return file_nodes[max(best, key=len)] if best else None
