@@ -30,10 +30,12 @@ from exporter.bench import BenchConfig, bench as bench_stage
 from exporter.convert import KindOutcome, Status, convert as convert_stage, import_model, int8_mode
 from exporter.data.datasets import Dataset, load_dataset
 from exporter.data.choose import one_scan, open_data
+from exporter.cpuinfo import physical_cores
 from exporter.errors import ExportError, ResexportError, UsageError, ValidationFailed
 from exporter.experiment import DEPTHS, depth_study as depth_stage
 from exporter.export.source import tensorflow
 from exporter.predict import predict as predict_stage
+from exporter.profiling import profile as profile_stage
 from exporter.progress import NULL, Progress
 from exporter.quantize import diagnose
 from exporter.run import Run, default_run_path, open_for_run
@@ -135,6 +137,19 @@ class InspectOptions:
     samples: int = diagnose.DEFAULT_SAMPLES
     data_dir: PathLike | None = None
     unsafe: bool = False
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    """profile: which artifacts on which runtimes, timed over how many calls of which batch."""
+
+    artifacts: Iterable[str] | None = None  # None: every artifact in the run
+    runtimes: Iterable[str] | None = None   # None: each kind's own runtime and every default one installed
+    runs: int = 20
+    batch: int = 1
+    threads: int | None = None              # None: the physical cores (as bench)
+    data: PathLike | None = None
+    data_dir: PathLike | None = None
 
 
 @dataclass(frozen=True)
@@ -441,6 +456,17 @@ def inspect(run: Run | PathLike | Conversion | None = None, *, options: InspectO
                             samples=o.samples, unsafe=o.unsafe, progress=progress)
 
 
+def profile(run: Run | PathLike | Conversion | None = None, *, options: ProfileOptions | None = None,
+            write: bool = True, **overrides) -> dict:
+    """Time per op of the run's artifacts on each runtime (exporter.profiling); writes profile.json."""
+    o = _options(ProfileOptions, options, overrides)
+    target = _run(run)
+    dataset = open_for_run(target, data=_spec(o.data), data_dir=o.data_dir)
+    return profile_stage(run=target, images=dataset.x_test, kinds=list(o.artifacts) if o.artifacts else None,
+                         runtimes=list(o.runtimes) if o.runtimes else None, runs=o.runs, batch=o.batch,
+                         threads=o.threads or physical_cores(), write=write)
+
+
 def predict(images: Iterable[PathLike], *, run: Run | PathLike | Conversion | None = None,
             options: PredictOptions | None = None, **overrides) -> dict:
     """Top-k classes with probabilities for image files and/or folders, preprocessed as the run records."""
@@ -462,6 +488,6 @@ def depth_study(options: DepthOptions | None = None, *, force: bool = False, pro
 
 
 __all__ = ["Bench", "BenchOptions", "Conversion", "ConvertOptions", "DepthOptions", "InspectOptions", "KindOutcome",
-           "PipelineOptions", "PredictOptions", "ResexportError", "Run", "Status", "TrainOptions", "Validation",
-           "ValidateOptions", "bench", "convert", "depth_study", "inspect", "predict", "report", "train",
+           "PipelineOptions", "PredictOptions", "ProfileOptions", "ResexportError", "Run", "Status", "TrainOptions", "Validation",
+           "ValidateOptions", "bench", "convert", "depth_study", "inspect", "predict", "profile", "report", "train",
            "validate"]

@@ -25,15 +25,16 @@ from rich.markup import escape
 from exporter import __version__
 from exporter import api, formats
 from exporter.api import (RECIPES, BenchOptions, ConvertOptions, DepthOptions, InspectOptions, PipelineOptions,
-                          PredictOptions, TrainOptions, ValidateOptions)
+                          PredictOptions, ProfileOptions, TrainOptions, ValidateOptions)
 from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
                               warn)
 from exporter.data.preprocessing import SCALE_HELP
 from exporter.errors import UsageError, ValidationFailed
 from exporter.pipeline import run_pipeline
 from exporter.quiet import hide_native_stderr_for_process, show_native
-from exporter.report import (BENCH_HEADERS, CONVERT_HEADERS, INSPECT_HEADERS, SUMMARY_HEADERS, VALIDATION_HEADERS,
-                             bench_rows, convert_rows, inspect_rows, summary_rows, validation_rows)
+from exporter.report import (BENCH_HEADERS, CONVERT_HEADERS, INSPECT_HEADERS, PROFILE_HEADERS, SUMMARY_HEADERS,
+                             VALIDATION_HEADERS, bench_rows, convert_rows, inspect_rows, profile_rows, summary_rows,
+                             validation_rows)
 
 app = typer.Typer(
     name="resexport",
@@ -435,6 +436,38 @@ def bench(
     print_table(f"bench on {env['device']}: {env['cpu']} ({env['cores']} cores, int8 ISA: "
                 f"{env['cpu_int8']['summary']})"
                 + (f", GPU {env['gpu']}" if env.get("gpu") else ""), BENCH_HEADERS, bench_rows(report))
+
+
+# ------------------------------------------------------------------------------ profile
+
+@app.command(short_help="Time per op of each artifact: where the time goes.")
+@boundary
+def profile(
+    run: Optional[Path] = RUN_OPT,
+    artifacts: Optional[List[str]] = typer.Option(None, "--artifact", "--artifacts", "-a", help="Kinds to profile "
+                                                  "(comma-separated or repeated; default: every artifact in the run)."),
+    runtimes: Optional[List[str]] = typer.Option(None, "--runtimes", "--runtime", help="Runtimes to run each file on "
+                                                 f"(default: every installed one that reads it). {formats.runtimes_help()}."),
+    runs: int = typer.Option(ProfileOptions.runs, "--runs", help="Calls to profile (after one warm-up call)."),
+    batch: int = typer.Option(ProfileOptions.batch, "--batch", help="Images per call."),
+    threads: Optional[int] = BENCH_THREADS_OPT,
+    top: int = typer.Option(8, "--top", help="Ops to show per target (the JSON has every op)."),
+    data_dir: Optional[Path] = DATA_OPT,
+    json_out: bool = JSON_OPT,
+):
+    """Time per op (node, op type, the Keras layer where the name tells, share of the total, calls) of each
+    artifact on each runtime: ONNX Runtime's profiler, OpenVINO's per-layer counters; for LiteRT, which ops
+    XNNPACK runs and which built-in kernels do (its per-op time is not reachable from Python). Writes
+    profile.json; report.md then has a "Where the time goes" section."""
+    options = _options(ProfileOptions, locals(), artifacts=_split(artifacts), runtimes=_split(runtimes))
+    doc = api.profile(run, options=options)
+    if json_out:
+        return print_json(doc)
+    print_table(f"where the time goes (batch {doc['batch']}, {doc['runs']} calls, {doc['threads']} threads)",
+                PROFILE_HEADERS, profile_rows(doc, top), left=("target", "node", "op", "layer", "kernel / runs in"))
+    for t in doc["targets"]:
+        if t.get("available") and t.get("cannot_show"):
+            note(f"{t['target']}: shows {t['shows']}; cannot show {t['cannot_show']}")
 
 
 # ------------------------------------------------------------------------------ report

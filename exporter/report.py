@@ -9,6 +9,7 @@ from pathlib import Path
 from exporter.bench import BENCH_FILE
 from exporter.errors import InputError
 from exporter.fsutil import atomic_path
+from exporter.profiling import PROFILE_FILE
 from exporter.run import Run
 from exporter.validate import VALIDATION_FILE
 from exporter import formats
@@ -76,7 +77,7 @@ def build_table(run) -> dict:
             "validation_passed": (val or {}).get("passed"), "skipped": (bench or {}).get("skipped", []),
             "output": (val or {}).get("reference", {}).get("output", run.output),
             "informative": (val or {}).get("informative"), "warnings": (val or {}).get("warnings", []),
-            "apps": app_rows(run, vrows)}
+            "apps": app_rows(run, vrows), "profile": _load_optional(run / PROFILE_FILE)}
 
 
 def app_rows(run, vrows: dict) -> list[dict]:
@@ -260,6 +261,48 @@ def bench_rows(report: dict) -> list[list[str]]:
     return rows
 
 
+PROFILE_HEADERS = ["target", "#", "node", "op", "layer", "share", "ms/call", "calls", "kernel / runs in"]
+
+
+def profile_rows(doc: dict, top: int) -> list[list[str]]:
+    """The top ops of each profiled target (a target without per-op time: its ops' split, not their time)."""
+    rows = []
+    for t in doc.get("targets", []):
+        if not t.get("available"):
+            rows.append([t["target"], "", "", "", "", "", "", "", f"not available: {t.get('reason', '')}"])
+            continue
+        for i, o in enumerate(t["ops"][:top] if t.get("timed") else [], 1):
+            rows.append([t["target"] if i == 1 else "", str(i), str(o.get("node") or o.get("runtime_node")),
+                         o["op_type"], o.get("layer") or "–", f"{o['share']:.1%}", f"{o['ms_per_call']:.3f}",
+                         str(o["calls"]), str(o.get("kernel") or "")])
+        if not t.get("timed"):
+            split = ", ".join(f"{n} ops in {where}" for where, n in t.get("runs_in", {}).items())
+            rows.append([t["target"], "", "", "", "", "", _fmt(t.get("call_ms"), ".3f"), "", f"{split} (no per-op time)"])
+    return rows
+
+
+def _profile_lines(doc: dict | None, top: int = 5) -> list[str]:
+    """report.md's "Where the time goes": top ops per target and the Q/DQ share of int8 files."""
+    if not doc:
+        return []
+    lines = ["## Where the time goes", "",
+             f"From `resexport profile` (batch {doc.get('batch')}, {doc.get('runs')} calls, {doc.get('threads')} "
+             "threads): each target's top ops by share of its timed total.", ""]
+    for t in doc.get("targets", []):
+        if not t.get("available"):
+            lines.append(f"- **{t['target']}**: not available ({t.get('reason', '')})")
+        elif t.get("timed"):
+            top_ops = ", ".join(f"{o.get('node') or o.get('runtime_node')} {o['op_type']} {o['share']:.0%}"
+                                for o in t["ops"][:top])
+            qdq = f"; Q/DQ share {t['qdq_share']:.1%}" if t.get("precision") == "int8" else ""
+            lines.append(f"- **{t['target']}** ({t['total_ms_per_call']:.2f} ms/call in its ops{qdq}): {top_ops}")
+        else:
+            split = ", ".join(f"{n} ops in {where}" for where, n in t.get("runs_in", {}).items())
+            lines.append(f"- **{t['target']}** ({_fmt(t.get('call_ms'), '.2f')} ms/call): {split}. "
+                         f"Cannot show: {t.get('cannot_show', '')}")
+    return [*lines, ""]
+
+
 def _speedup(v) -> str:
     """A speed-up as '1.5x'; '–' where there is no Keras row to compare with (a run without Keras)."""
     import math
@@ -294,7 +337,7 @@ def render_markdown(table: dict) -> str:
     lines += ["| " + " | ".join(row) + " |" for row in summary_rows(table, bold_fail=True)]
     if table.get("skipped"):
         lines += ["", "Not benchmarked: " + "; ".join(f"{s['target']} ({s['reason']})" for s in table["skipped"])]
-    lines += ["", f"![accuracy vs latency]({REPORT_PNG})", "", *_app_lines(table)]
+    lines += ["", f"![accuracy vs latency]({REPORT_PNG})", "", *_profile_lines(table.get("profile")), *_app_lines(table)]
     return "\n".join(lines)
 
 

@@ -127,6 +127,13 @@ class Runner(abc.ABC):
                 task.advance(min(batch_size, len(x) - i))
         return np.concatenate(outs) if outs else np.zeros((0, self.num_outputs or 0), np.float32)
 
+    def profile(self, x: np.ndarray, runs: int) -> dict:
+        """Where the time of `runs` calls on the batch `x` goes, op by op, as this runtime can tell:
+        {"available": True, "timed": bool, "ops": [{"node", "op_type", "us" (total over the timed calls),
+        "calls", optional "layer", "kernel", "runs_in"}], "shows": str, "cannot_show": str}; a runtime that
+        cannot tell returns {"available": False, "reason": str}. exporter.profile arranges it (shares, top ops)."""
+        return {"available": False, "reason": f"{self.engine} offers no per-op timing to resexport"}
+
     def io_details(self) -> dict:
         """Input/output names, shapes, dtypes, quantisation: recorded in the manifest."""
         return {}

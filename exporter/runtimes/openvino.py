@@ -80,8 +80,10 @@ def _app_io(app: dict) -> tuple[dict | None, dict | None]:
 class OpenVINORunner(Runner):
     engine = "openvino"
 
-    def __init__(self, path, compiled, in_q, out_q, in_shape, out_dim, *, device, threads, info):
+    def __init__(self, path, compiled, in_q, out_q, in_shape, out_dim, *, device, threads, info, model=None,
+                 config=None):
         self.compiled = compiled
+        self._model, self._config = model, config or {}
         self._request = compiled.create_infer_request()
         self._in_q, self._out_q, self._in, self._out = in_q, out_q, in_shape, out_dim
         super().__init__(path, device=device, info={"threads": threads, **info})
@@ -120,7 +122,7 @@ class OpenVINORunner(Runner):
                 "openvino": ov.get_version(), "frontend": family,
                 "input_quantization": in_q, "output_quantization": out_q}
         runner = cls(path, compiled, in_q, out_q, in_shape, out_last.get_length() if out_last.is_static else None,
-                     device=device, threads=threads, info=info)
+                     device=device, threads=threads, info=info, model=model, config=config)
         runner.rgb_adapter = bool(app and app.get("rgb_adapter"))
         return runner
 
@@ -137,6 +139,39 @@ class OpenVINORunner(Runner):
             x = quantize(x, self._in_q, self._in_q.get("dtype", "int8"))
         y = self._request.infer({0: x})[self.compiled.output(0)]
         return dequantize(y, self._out_q) if self._out_q else y
+
+    def profile(self, x, runs):
+        """OpenVINO's per-layer counters (PERF_COUNT, InferRequest.get_profiling_info) from the same model
+        compiled again with them on: each executed layer's real time and the kernel that ran it (its
+        exec_type names the precision, e.g. ..._I8 or ..._FP32). The first call is a warm-up and left out."""
+        import openvino as ov
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if self.rgb_adapter and x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        if self._in_q:
+            x = quantize(x, self._in_q, self._in_q.get("dtype", "int8"))
+        compiled = ov.Core().compile_model(self._model, "GPU" if self.device == "gpu" else "CPU",
+                                           {**self._config, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        request.infer({0: x})
+        ops: dict[str, dict] = {}
+        for _ in range(runs):
+            request.infer({0: x})
+            for p in request.get_profiling_info():
+                if p.status != p.Status.EXECUTED:
+                    continue
+                op = ops.setdefault(p.node_name, {"node": p.node_name, "op_type": p.node_type, "durations": [],
+                                                  "kernel": p.exec_type})
+                op["durations"].append(p.real_time.total_seconds() * 1e6)
+        for op in ops.values():
+            durations = op.pop("durations")
+            op["calls"] = len(durations)
+            op["us"] = float(np.median(durations)) * len(durations)
+        return {"available": True, "timed": True, "ops": list(ops.values()), "runs": runs,
+                "shows": "real time of every layer OpenVINO executes (its PERF_COUNT counters; the median call), "
+                         "and the kernel that ran it",
+                "cannot_show": "layers OpenVINO fused away are not listed (their time is in the layer they joined)"}
 
     def io_details(self):
         def one(port, q):

@@ -100,6 +100,41 @@ class TFLiteRunner(Runner):
         y = self.interp.get_tensor(self._out["index"])
         return dequantize(y, self._out_q) if self._out_q else y
 
+    def profile(self, x, runs):
+        """What LiteRT's Python interpreter can tell: every op of the file and whether XNNPACK (the default
+        CPU delegate) or a built-in kernel runs it (from the DELEGATE nodes' inputs and outputs), and the
+        whole call's time. Not per-op time: the interpreter's op profiler is not reachable from Python
+        (benchmark_model --enable_op_profiling=true shows it)."""
+        import time
+
+        self._resize(len(x))
+        ops = self.interp._get_ops_details()
+        producer = {int(t): o for o in ops if o["op_name"] != "DELEGATE" for t in o["outputs"]}
+        delegated: set[int] = set()
+        for d in (o for o in ops if o["op_name"] == "DELEGATE"):
+            stop, todo = {int(t) for t in d["inputs"]}, [int(t) for t in d["outputs"]]
+            while todo:
+                op = producer.get(todo.pop())
+                if op is not None and op["index"] not in delegated:
+                    delegated.add(op["index"])
+                    todo += [int(t) for t in op["inputs"] if int(t) not in stop]
+        names = {t["index"]: t["name"] for t in self.interp.get_tensor_details()}
+        rows = [{"node": f"{o['index']}", "op_type": o["op_name"], "calls": runs,
+                 "layer_hint": names.get(int(o["outputs"][0])) if len(o["outputs"]) else None,
+                 "runs_in": "XNNPACK" if o["index"] in delegated else "built-in"}
+                for o in ops if o["op_name"] != "DELEGATE"]
+        self.predict(x)
+        start = time.perf_counter()
+        for _ in range(runs):
+            self.predict(x)
+        call_ms = (time.perf_counter() - start) * 1e3 / runs
+        return {"available": True, "timed": False, "ops": rows, "runs": runs, "call_ms": call_ms,
+                "shows": f"which ops XNNPACK runs ({len(delegated)} of {len(rows)}) and which built-in kernels "
+                         "run, and the whole call's time",
+                "cannot_show": "time per op: LiteRT's op profiler is not reachable from its Python interpreter "
+                               "(benchmark_model --enable_op_profiling=true shows it); XNNPACK runs its ops as "
+                               "one fused node"}
+
     def io_details(self):
         def one(d):
             return {"name": d["name"], "shape": [int(v) for v in d["shape_signature"]],
