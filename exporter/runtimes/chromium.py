@@ -135,6 +135,11 @@ class Server:
             return json.dumps(self.api[path[len("/api/"):]]()).encode(), "application/json"
         return None, ""
 
+    def wait(self) -> None:
+        """Block until interrupted (the server runs in its own thread)."""
+        while self._thread.is_alive():
+            self._thread.join(0.5)
+
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
