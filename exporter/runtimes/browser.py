@@ -74,11 +74,15 @@ class BrowserRunner(Runner):
         path = Path(path)
         family = formats.family_of_path(path)
         check_file(path, family)
-        io, record = io_spec(path, family)
+        try:
+            io, record = io_spec(path, family)
+            pinned = static_batch(path.read_bytes()) if family == "tflite" else None
+        except Exception as exc:  # a flatbuffer that does not parse: the file's failure, before the browser
+            raise ModelFileError(f"{path.name} is not a readable TFLite file: {_one_line(exc)}",
+                                 hint="the file is corrupt or truncated; re-create it") from exc
         threads = threads or 1
         browser = host()
         page = browser.page(threads)
-        pinned = static_batch(path.read_bytes()) if family == "tflite" else None
         url = browser.server.add_file(path, content=pinned)
         try:
             opened = page.evaluate("([u, f, io, t]) => window.resexport.open(u, f, io, t)", [url, family, io, threads])
