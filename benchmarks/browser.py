@@ -72,6 +72,10 @@ def pct(v) -> str:
     return "–" if v is None else f"{v:.2f}%"
 
 
+def acc(v) -> str:
+    return "–" if v is None else f"{100 * v:.2f}%"
+
+
 def ms(v) -> str:
     return "–" if v is None else f"{v:.3f}"
 
@@ -91,8 +95,8 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         n, w = r["native"], r["browser"]
         verdict = "pass" if w["passed"] else f"FAIL: {'; '.join(w['failures'] or [])}"
-        lines.append(f"| {r['kind']} | {r['native_runtime']} | {pct(n['accuracy'])} / {pct(n['agreement'])} | {verdict} | "
-                     f"{pct(w['accuracy'])} / {pct(w['agreement'])} | {ms(n['p50_ms'])} | {ms(w['p50_ms_in_page'])} | "
+        lines.append(f"| {r['kind']} | {r['native_runtime']} | {acc(n['accuracy'])} / {pct(n['agreement'])} | {verdict} | "
+                     f"{acc(w['accuracy'])} / {pct(w['agreement'])} | {ms(n['p50_ms'])} | {ms(w['p50_ms_in_page'])} | "
                      f"{ms(w['p50_ms_via_python'])} |")
     return "\n".join(lines)
 
