@@ -1,17 +1,22 @@
 # The two README commands: `make demo` (the main job on its defaults) and `make test`.
-# Both install everything first: the package with its dependencies, and the real Fashion-MNIST.
+# Both install everything first: the package with its dependencies, the real Fashion-MNIST, and the
+# browser runtime (Chromium, the JS packages of exporter/web).
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check
 
-.PHONY: setup setup-dev data demo test test-lower-kernels bench
+.PHONY: setup setup-dev data web demo test test-lower-kernels bench
 
 data:
 	@bash scripts/get-data.sh
 
-setup: data
+# The browser runtime: Debian's Chromium and the pinned JS packages (npm ci); never fails the set-up.
+web:
+	@bash scripts/get-web.sh
+
+setup: data web
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[full]'
 
-setup-dev: data
+setup-dev: data web
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[dev]'
 
 demo: setup

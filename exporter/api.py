@@ -42,6 +42,7 @@ from exporter.run import Run, default_run_path, open_for_run
 from exporter.train import (RECIPES, TrainResult, find_partial, resolve_recipe, resume_command, train as train_stage,
                             training_key)
 from exporter.validate import BATCH_SIZE, failure_summary, validate as validate_stage
+from exporter.webapp import WebApp, serve as web_stage
 
 PathLike = str | os.PathLike
 
@@ -150,6 +151,16 @@ class ProfileOptions:
     threads: int | None = None              # None: the physical cores (as bench)
     data: PathLike | None = None
     data_dir: PathLike | None = None
+
+
+@dataclass(frozen=True)
+class WebOptions:
+    """web: where the page is served (127.0.0.1 only; 0: any free port), on which data, how many test images."""
+
+    port: int = 8000
+    data: PathLike | None = None
+    data_dir: PathLike | None = None
+    samples: int = 60
 
 
 @dataclass(frozen=True)
@@ -473,6 +484,17 @@ def predict(images: Iterable[PathLike], *, run: Run | PathLike | Conversion | No
     o = _options(PredictOptions, options, overrides)
     return predict_stage(run=_run(run), paths=[Path(p) for p in images], kind=o.artifact, top_k=o.top_k,
                          threads=o.threads, unsafe=o.unsafe)
+
+
+def web(run: Run | PathLike | Conversion | None = None, *, options: WebOptions | None = None, **overrides) -> WebApp:
+    """Serve the run's page (every .onnx and .tflite file run in the visitor's browser) on 127.0.0.1; the
+    caller closes the returned WebApp (the CLI waits for Ctrl-C)."""
+    o = _options(WebOptions, options, overrides)
+    if not 0 <= o.port <= 65535:
+        raise UsageError(f"--port must be 0..65535, got {o.port}")
+    target = _run(run)
+    dataset = open_for_run(target, data=_spec(o.data), data_dir=o.data_dir)
+    return web_stage(run=target, dataset=dataset, port=o.port, samples=o.samples)
 
 
 def depth_study(options: DepthOptions | None = None, *, force: bool = False, progress: Progress = NULL,

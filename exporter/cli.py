@@ -25,7 +25,7 @@ from rich.markup import escape
 from exporter import __version__
 from exporter import api, formats
 from exporter.api import (RECIPES, BenchOptions, ConvertOptions, DepthOptions, InspectOptions, PipelineOptions,
-                          PredictOptions, ProfileOptions, TrainOptions, ValidateOptions)
+                          PredictOptions, ProfileOptions, TrainOptions, ValidateOptions, WebOptions)
 from exporter.console import (boundary, err, note, out, print_json, print_table, print_verbatim, progress, state,
                               warn)
 from exporter.data.preprocessing import SCALE_HELP
@@ -193,6 +193,10 @@ DEPTHS_OPT = typer.Option(",".join(map(str, DepthOptions.depths)), "--depths", h
                           "and residual).")
 DEVICE_NOTE_OPT = typer.Option(DepthOptions.device_note, "--device-note", help="Where it ran (recorded in the "
                                "results).")
+
+
+PORT_OPT = typer.Option(WebOptions.port, "--port", help="Port on 127.0.0.1 (0: any free port).")
+SAMPLES_OPT = typer.Option(WebOptions.samples, "--samples", help="Test images to click through.")
 
 
 def _options(cls, values: dict, **given):
@@ -515,6 +519,29 @@ def predict(
     print_table(f"{a['file']} ({a['kind']}: {a['why']})", ["image", *[f"#{i + 1}" for i in range(k)]],
                 [[r["file"], *[f"{t['class']} {t['probability']:.1%}" for t in r["top"]]] for r in result["predictions"]],
                 left=("image",))
+
+
+# ------------------------------------------------------------------------------ web
+
+@app.command(short_help="Serve a page that runs the run's files in your browser (127.0.0.1 only).")
+@boundary
+def web(
+    run: Optional[Path] = RUN_OPT,
+    port: int = PORT_OPT,
+    data: Optional[str] = DATASET_OPT,
+    samples: int = SAMPLES_OPT,
+):
+    """Serve the run's .onnx files (onnxruntime-web) and .tflite files (LiteRT.js), on WASM in the browser
+    that opens the page: pick or drop images or click through test images; every kind's top-3 and latency
+    side by side, the Keras reference's answer (after `resexport validate`) and where they disagree."""
+    page = api.web(run, options=_options(WebOptions, locals()))
+    note(f"serving {len(page.kinds)} files of {page.server.url}: open {page.url} (Ctrl-C stops)")
+    try:
+        page.server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        page.close()
 
 
 # ------------------------------------------------------------------------------ pipeline

@@ -157,6 +157,9 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("mediapipe", ("tflite",), f"{_RT}.mediapipe:MediaPipeRunner", package="mediapipe", extra="app",
             description="MediaPipe Tasks ImageClassifier, the app SDK, fed uint8 RGB images one at a time; "
                         "only when named", default=False),
+    Runtime("browser", ("onnx", "tflite"), f"{_RT}.browser:BrowserRunner", package="playwright", extra="web",
+            description="headless Chromium: onnxruntime-web and LiteRT.js on WASM, fed from Python batch by batch; "
+                        "only when named", default=False),
 )}
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (

@@ -121,6 +121,27 @@ def app_record(blob_or_path) -> dict | None:
     return None
 
 
+def static_batch(blob: bytes) -> bytes | None:
+    """The same file with its dynamic batch (shape_signature -1, every tensor) pinned to the batch its shapes
+    hold (1): for runtimes that refuse dynamic dimensions (LiteRT.js 2.5). Ops, weights, quantisation and
+    metadata are unchanged. None when nothing in the file is dynamic."""
+    flatbuffers = require("flatbuffers", extra="litert", purpose="TFLite files for LiteRT.js")
+    schema = _schema()
+    model = schema.ModelT.InitFromPackedBuf(bytearray(strip_associated_files(blob)), 0)
+    changed = False
+    for sg in model.subgraphs:
+        for t in sg.tensors:
+            sig = t.shapeSignature
+            if sig is not None and len(sig) and (np.asarray(sig) < 0).any():
+                t.shapeSignature = np.asarray(t.shape, dtype=np.int32).copy()
+                changed = True
+    if not changed:
+        return None
+    builder = flatbuffers.Builder(0)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 # ------------------------------------------------------------------------------ graph surgery
 
 class _Graph:
