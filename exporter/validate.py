@@ -310,9 +310,10 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         except (MissingRuntimeError, UsageError, KeyboardInterrupt):
             raise
         except Exception as exc:
-            if _sha_or_none(run.artifact_path(name)) != entry.get("sha256"):
+            if runtime == kind.runtime and _sha_or_none(run.artifact_path(name)) != entry.get("sha256"):
                 raise  # the file changed since we wrote it: the user's bad input, as before
-            # the file is ours, exactly as convert wrote it: this kind's failure, the others still get verdicts
+            # the file is ours, exactly as convert wrote it, or a runtime beside its own cannot take it: this
+            # target's failure, the others still get verdicts
             reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
             log.warning("%s could not run: %s", label, reason)
             results.append({**export_failure_result(name, " ".join(reason.split()), "could not run"),

@@ -255,6 +255,7 @@ def test_nan_outputs_fail_validation(run_copy, fmnist):
 
         input_shape = property(lambda self: real.input_shape)
         num_outputs = property(lambda self: real.num_outputs)
+        rgb_adapter = property(lambda self: real.rgb_adapter)  # the app-ready file takes RGB
 
         def _predict(self, x):
             y = real.predict(x)
