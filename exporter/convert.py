@@ -207,18 +207,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     else are replaced only with force. Each artifact is written atomically and the manifest updated
     after each, so an interruption keeps everything finished so far consistent."""
     mode = int8_mode(int8, fallback)
-    if qat_epochs is not None and qat_epochs <= 0:
-        raise UsageError(f"--qat-epochs must be positive, got {qat_epochs}")
-    from exporter.quantize import qat as qat_mod
-
-    qat_loss = qat_mod.check_loss(qat_loss or qat_mod.DEFAULT_LOSS)
-    qat_label_weight = qat_mod.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
-    if qat_label_weight < 0:
-        raise UsageError(f"the QAT label weight must be >= 0, got {qat_label_weight}")
-    qat_settings = {"epochs": qat_epochs, "steps": None if qat_epochs else qat_mod.DEFAULT_STEPS,
-                    "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
-                    **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight}
-                       if qat_loss == "distill" else {})}
+    qat_loss, qat_label_weight, qat_settings = _qat_settings(qat_epochs, qat_loss, qat_label_weight)
     int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}  # checks --target-cpu
     run = Run.of(run)
     ref_path = run.model_path
@@ -238,18 +227,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     keys = {kind.name: mf.inputs_key(artifact_inputs(kind, source_sha, calibration, deploy, int8_keys[kind.name]))
             for kind in kinds}
 
-    status: dict[str, KindOutcome] = {}
-    conflicts = []
-    for kind in kinds:
-        entry = run.artifact(kind.name)
-        if _up_to_date(run, kind, entry, keys[kind.name]) and not force:
-            status[kind.name] = UP_TO_DATE
-        elif (run / kind.filename).exists() and not force:
-            conflicts.append(kind.filename)
-    if conflicts:
-        raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
-                                "current model, calibration and int8 settings (--int8, --target-cpu)",
-                                hint="pass --force to replace them")
+    status = _kept(run, kinds, keys, force)
     todo = [k for k in kinds if k.name not in status]
     if not todo:
         return status
@@ -257,14 +235,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     source = ExportSource(ref_path, run.model_format, tuple(dataset.input_shape), unsafe=unsafe,
                           num_classes=dataset.num_classes)
     try:
-        if source.family == "keras":
-            model = source.keras_model()
-
-            probe = KerasRunner(ref_path, model, device="cpu", mode="compiled")
-            probe.check_fits(dataset.input_shape, dataset.num_classes)
-            source.check_weights_finite()
-            if run.output not in outputs.CONVENTIONS:  # a run made before it was recorded
-                run.set_output(*_detect_output(model, probe, dataset))
+        _check_reference(source, run, dataset)
         session = None
         if any(k.needs_calibration for k in todo):
             session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
@@ -294,6 +265,54 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     finally:
         source.cleanup()
     return status
+
+
+def _qat_settings(qat_epochs, qat_loss, qat_label_weight) -> tuple[str, float, dict]:
+    """The QAT loss, label weight and the settings an int8 artifact's key records (flags checked here)."""
+    if qat_epochs is not None and qat_epochs <= 0:
+        raise UsageError(f"--qat-epochs must be positive, got {qat_epochs}")
+    from exporter.quantize import qat as qat_mod
+
+    qat_loss = qat_mod.check_loss(qat_loss or qat_mod.DEFAULT_LOSS)
+    qat_label_weight = qat_mod.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
+    if qat_label_weight < 0:
+        raise UsageError(f"the QAT label weight must be >= 0, got {qat_label_weight}")
+    settings = {"epochs": qat_epochs, "steps": None if qat_epochs else qat_mod.DEFAULT_STEPS,
+                "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
+                **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight}
+                   if qat_loss == "distill" else {})}
+    return qat_loss, qat_label_weight, settings
+
+
+def _kept(run: Run, kinds, keys: dict, force: bool) -> dict[str, KindOutcome]:
+    """The kinds already up to date (kept); refuses, before any work, files made from something else
+    unless force."""
+    status: dict[str, KindOutcome] = {}
+    conflicts = []
+    for kind in kinds:
+        entry = run.artifact(kind.name)
+        if _up_to_date(run, kind, entry, keys[kind.name]) and not force:
+            status[kind.name] = UP_TO_DATE
+        elif (run / kind.filename).exists() and not force:
+            conflicts.append(kind.filename)
+    if conflicts:
+        raise OutputExistsError(f"{run}: {', '.join(conflicts)} already exist and were not made from the "
+                                "current model, calibration and int8 settings (--int8, --target-cpu)",
+                                hint="pass --force to replace them")
+    return status
+
+
+def _check_reference(source: ExportSource, run: Run, dataset) -> None:
+    """A Keras reference must fit the data and have finite weights; its output convention is recorded if a
+    run made before it was recorded lacks it."""
+    if source.family != "keras":
+        return
+    model = source.keras_model()
+    probe = KerasRunner(run.model_path, model, device="cpu", mode="compiled")
+    probe.check_fits(dataset.input_shape, dataset.num_classes)
+    source.check_weights_finite()
+    if run.output not in outputs.CONVENTIONS:
+        run.set_output(*_detect_output(model, probe, dataset))
 
 
 def _export_one(kind: formats.ArtifactKind, *, run: Run, source: ExportSource, calibration, session, mode: str,

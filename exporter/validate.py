@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -234,6 +234,99 @@ def same_file(own: np.ndarray, other: np.ndarray, own_runtime: str, convention: 
             "max_abs_diff": float(np.abs(a - b).max()) if len(a) else 0.0}
 
 
+@dataclass
+class _Context:
+    """What every target of one validation is checked against and with."""
+
+    run: Run
+    dataset: object
+    ref: np.ndarray
+    ref_acc: float
+    convention: str
+    batch_size: int
+    threads: int | None
+    overrides: dict
+    runners: dict
+    progress: Progress
+    qat_refs: dict = field(default_factory=dict)
+    own_outputs: dict = field(default_factory=dict)  # each kind's outputs on its family's own runtime
+
+
+def _kinds_to_check(run: Run, kinds: list[str] | None) -> tuple[list[str], list[str]]:
+    """The kinds to run (all of the run's, or those asked for), and those convert could not make (and has
+    no older file of), which get a failed verdict with their reason."""
+    available = list(run.artifacts)
+    requested = bool(kinds)
+    kinds = kinds or available
+    if not kinds and not run.export_failures:
+        raise UsageError(f"{run} has no exported artifacts to validate",
+                         hint="run `resexport convert` first")
+    failed_exports = [k for k in run.export_failures if k not in available]
+    requested_failed = [k for k in (kinds if requested else failed_exports) if k in failed_exports]
+    kinds = [k for k in kinds if k not in requested_failed]
+    missing = [k for k in kinds if k not in available]
+    if missing:
+        raise UsageError(f"{run} has no artifact {', '.join(missing)}",
+                         hint=f"available: {', '.join(available) or 'none'}")
+    return kinds, requested_failed
+
+
+def _check_target(ctx: _Context, name: str, runtime: str) -> dict:
+    """One (kind, runtime): its metrics against the reference, gates and verdict; a file that cannot run is
+    this target's failed verdict (unless the user changed the file: then it is their bad input)."""
+    run, dataset, x, y = ctx.run, ctx.dataset, ctx.dataset.x_test, ctx.dataset.y_test
+    kind, label = formats.get(name), formats.target_label(name, runtime)
+    entry = run.artifact(name)
+    gates = kind.gates.override(**ctx.overrides)
+    try:
+        runner = ctx.runners.get(label) or load_runner(run.artifact_path(name), kind=name, runtime=runtime,
+                                                       threads=ctx.threads)
+        runner.check_fits(dataset.input_shape, dataset.num_classes)
+        out, seconds = run_runner(runner, x, ctx.batch_size, ctx.progress, label)
+        metrics = compare(ctx.ref, out, y, dataset.class_names, ctx.convention)
+        metrics["change_points"] = 100 * (metrics["accuracy"] - ctx.ref_acc)
+        qat_ref, qat_problem = qat_reference(run, entry, x, ctx.batch_size, ctx.qat_refs)
+        metrics.update(qat_metrics(run, entry, metrics, qat_ref, out, y, dataset.class_names, ctx.convention))
+        if qat_problem and not retrained(entry):  # judged against the original: the fine-tuned model
+            metrics["fine_tuned_unavailable"], qat_problem = qat_problem, None  # is only reported
+        if dataset.subset.get("test"):
+            metrics.update(sample_intervals(out, ctx.ref, y))
+        metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=ctx.batch_size,
+                                                       convention=ctx.convention, tolerance=gates.max_batch_diff)
+        if runtime == kind.runtime:
+            ctx.own_outputs[name] = out
+        elif name in ctx.own_outputs:  # the same file on another runtime (an SDK, OpenVINO): how alike they run
+            metrics["same_file"] = same_file(ctx.own_outputs[name], out, kind.runtime, ctx.convention)
+    except (MissingRuntimeError, UsageError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        if runtime == kind.runtime and _sha_or_none(run.artifact_path(name)) != entry.get("sha256"):
+            raise  # the file changed since we wrote it: the user's bad input, as before
+        # the file is ours, exactly as convert wrote it, or a runtime beside its own cannot take it: this
+        # target's failure, the others still get verdicts
+        reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
+        log.warning("%s could not run: %s", label, reason)
+        return {**export_failure_result(name, " ".join(reason.split()), "could not run"),
+                "target": label, "runtime": runtime,
+                "file": entry["file"], "bytes": entry.get("bytes"), "gates": asdict(gates)}
+    failures = check_gates(metrics, gates) + ([qat_problem] if qat_problem else [])
+    if kind.needs_calibration:
+        metrics["class_shift"] = class_shift(metrics)
+    unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
+    if not unchanged:
+        log.warning("%s changed since it was converted (sha256 differs from the manifest)", entry["file"])
+    runner.close()
+    return {"kind": name, "target": label, "runtime": runtime, "file": entry["file"],
+            "bytes": entry.get("bytes"), **metrics,
+            "matches_manifest_sha256": unchanged,
+            "gates": asdict(gates), "passed": not failures, "failures": failures,
+            **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most, or "
+                       "`resexport convert --quantize int8 --int8 auto --force` for the cheapest remedy "
+                       "that passes (ptq, qat, fallback)"}
+               if failures and kind.needs_calibration else {}),
+            "seconds": round(seconds, 2), "runner": runner.info}
+
+
 def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | None = None,
              overrides: dict | None = None, batch_size: int = BATCH_SIZE, threads: int | None = None,
              unsafe: bool = False, progress: Progress = NULL, runners: dict[str, Runner] | None = None,
@@ -246,20 +339,8 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
     reuse=True, a validation.json made from the same inputs (its inputs_key) is returned as it is,
     marked "reused"."""
     run = Run.of(run)
-    available = list(run.artifacts)
     requested = bool(kinds)
-    kinds = kinds or available
-    if not kinds and not run.export_failures:
-        raise UsageError(f"{run} has no exported artifacts to validate",
-                         hint="run `resexport convert` first")
-    # kinds convert could not make (and has no older file of): each gets a failed verdict with its reason
-    failed_exports = [k for k in run.export_failures if k not in available]
-    requested_failed = [k for k in (kinds if requested else failed_exports) if k in failed_exports]
-    kinds = [k for k in kinds if k not in requested_failed]
-    missing = [k for k in kinds if k not in available]
-    if missing:
-        raise UsageError(f"{run} has no artifact {', '.join(missing)}",
-                         hint=f"available: {', '.join(available) or 'none'}")
+    kinds, requested_failed = _kinds_to_check(run, kinds)
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     targets = formats.targets(kinds, runtimes, explicit_kinds=requested)
@@ -272,70 +353,17 @@ def validate(*, run: Run | Path, dataset: data_mod.Dataset, kinds: list[str] | N
         stored = mf.read_json_if(run / VALIDATION_FILE)
         if stored is not None and stored.get("inputs_key") == key:
             return {**stored, "reused": True}
-    x, y = dataset.x_test, dataset.y_test
+    y = dataset.y_test
     ref, ref_info = reference_outputs(run, dataset, batch_size=batch_size, threads=threads, unsafe=unsafe,
                                       progress=progress)
     convention = output_convention(run, ref)
     ref_acc = float((ref.argmax(1) == y).mean())
     ref_probs = out_mod.to_probabilities(ref, convention)
-    results = []
-    qat_refs: dict = {}
-    own_outputs: dict[str, np.ndarray] = {}  # each kind's outputs on its family's own runtime
-    for name, failure in run.export_failures.items():  # kinds convert could not make: failed verdicts
-        if name in requested_failed:
-            results.append(export_failure_result(name, failure["reason"]))
-    for name, runtime in targets:
-        kind, label = formats.get(name), formats.target_label(name, runtime)
-        entry = run.artifact(name)
-        gates = kind.gates.override(**(overrides or {}))
-        try:
-            runner = (runners or {}).get(label) or load_runner(run.artifact_path(name), kind=name, runtime=runtime,
-                                                               threads=threads)
-            runner.check_fits(dataset.input_shape, dataset.num_classes)
-            out, seconds = run_runner(runner, x, batch_size, progress, label)
-            metrics = compare(ref, out, y, dataset.class_names, convention)
-            metrics["change_points"] = 100 * (metrics["accuracy"] - ref_acc)
-            qat_ref, qat_problem = qat_reference(run, entry, x, batch_size, qat_refs)
-            metrics.update(qat_metrics(run, entry, metrics, qat_ref, out, y, dataset.class_names, convention))
-            if qat_problem and not retrained(entry):  # judged against the original: the fine-tuned model
-                metrics["fine_tuned_unavailable"], qat_problem = qat_problem, None  # is only reported
-            if dataset.subset.get("test"):
-                metrics.update(sample_intervals(out, ref, y))
-            metrics["batch_invariance"] = batch_invariance(runner, dataset, batch_size=batch_size,
-                                                           convention=convention, tolerance=gates.max_batch_diff)
-            if runtime == kind.runtime:
-                own_outputs[name] = out
-            elif name in own_outputs:  # the same file on another runtime (an SDK, OpenVINO): how alike they run
-                metrics["same_file"] = same_file(own_outputs[name], out, kind.runtime, convention)
-        except (MissingRuntimeError, UsageError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            if runtime == kind.runtime and _sha_or_none(run.artifact_path(name)) != entry.get("sha256"):
-                raise  # the file changed since we wrote it: the user's bad input, as before
-            # the file is ours, exactly as convert wrote it, or a runtime beside its own cannot take it: this
-            # target's failure, the others still get verdicts
-            reason = exc.one_line() if isinstance(exc, ResexportError) else f"{type(exc).__name__}: {exc}"
-            log.warning("%s could not run: %s", label, reason)
-            results.append({**export_failure_result(name, " ".join(reason.split()), "could not run"),
-                            "target": label, "runtime": runtime,
-                            "file": entry["file"], "bytes": entry.get("bytes"), "gates": asdict(gates)})
-            continue
-        failures = check_gates(metrics, gates) + ([qat_problem] if qat_problem else [])
-        if kind.needs_calibration:
-            metrics["class_shift"] = class_shift(metrics)
-        unchanged = sha256_file(run.artifact_path(name)) == entry.get("sha256")
-        if not unchanged:
-            log.warning("%s changed since it was converted (sha256 differs from the manifest)", entry["file"])
-        results.append({"kind": name, "target": label, "runtime": runtime, "file": entry["file"],
-                        "bytes": entry.get("bytes"), **metrics,
-                        "matches_manifest_sha256": unchanged,
-                        "gates": asdict(gates), "passed": not failures, "failures": failures,
-                        **({"hint": f"run `resexport inspect --artifact {name}` to see which layers lose most, or "
-                                   "`resexport convert --quantize int8 --int8 auto --force` for the cheapest remedy "
-                                   "that passes (ptq, qat, fallback)"}
-                           if failures and kind.needs_calibration else {}),
-                        "seconds": round(seconds, 2), "runner": runner.info})
-        runner.close()
+    ctx = _Context(run=run, dataset=dataset, ref=ref, ref_acc=ref_acc, convention=convention, batch_size=batch_size,
+                   threads=threads, overrides=overrides or {}, runners=runners or {}, progress=progress)
+    results = [export_failure_result(name, failure["reason"]) for name, failure in run.export_failures.items()
+               if name in requested_failed]  # kinds convert could not make: failed verdicts
+    results += [_check_target(ctx, name, runtime) for name, runtime in targets]
     near_ties = compare(ref, ref, y, dataset.class_names, convention)["near_ties_percent"]
     reasons = uninformative_reasons(ref_probs, y, dataset.class_names, near_ties)
     warnings = [class_shift_warning(r, run.model_file) for r in results if r.get("class_shift")]

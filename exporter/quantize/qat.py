@@ -195,7 +195,11 @@ def _affine(node: _Node) -> tuple[np.ndarray, np.ndarray]:
 
 def build_qat_model(model):
     """The QAT rebuild of `model` (see the module doc). Returns (qat_model, notes): notes counts what
-    was folded and converted. The new model's weights start from the original's."""
+    was folded and converted. The new model's weights start from the original's.
+
+    Over 80 lines on purpose: its steps (find BatchNorm folds, fused activations, tied and fixed ranges, then
+    rebuild node by node) share the traced graph's tables (consumers, folds, ranges, the new tensors) as
+    closures; split apart, each step would take most of them as arguments."""
     check_supported(model)
     nodes, input_ids, output_ids = trace(model)
     consumers: dict[int, list[_Node]] = {}
