@@ -3,6 +3,8 @@
 # browser runtime (Chromium, the JS packages of exporter/web).
 PYTHON ?= python3
 PIP_FLAGS ?= -q --disable-pip-version-check
+# Test processes (pytest-xdist): the suite runs in two, one a core of the 2-core machines it is sized for.
+TEST_WORKERS ?= 2
 
 .PHONY: setup setup-dev data web demo test test-lower-kernels bench
 
@@ -23,7 +25,7 @@ demo: setup
 	$(PYTHON) -m exporter pipeline
 
 test: setup-dev
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
 
 # The tests marked `kernels` again, on lower kernel paths: oneDNN at most AVX2, LiteRT without XNNPACK.
 test-lower-kernels: setup-dev
