@@ -128,7 +128,9 @@ def test_run_without_files_and_missing_browser(converted_run, tmp_path):
         (empty / formats.get(k).filename).unlink()
     with pytest.raises(UsageError, match="no .onnx or .tflite"):
         api.web(empty, port=0)
-    proc = _cli("validate", "--run", str(converted_run), "--runtimes", "browser", "--artifacts", "onnx-fp32",
+    run = tmp_path / "run"  # validate caches the reference on its test images: never in the shared run
+    shutil.copytree(converted_run, run)
+    proc = _cli("validate", "--run", str(run), "--runtimes", "browser", "--artifacts", "onnx-fp32",
                 "--limit", "50", env={chromium.CHROMIUM_ENV: str(tmp_path / "no-chromium")})
     assert proc.returncode == 5, proc.stderr
     assert "no-chromium" in proc.stderr
