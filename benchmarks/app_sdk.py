@@ -12,6 +12,7 @@ Writes results/app_sdk.{json,md}. Usage: python benchmarks/app_sdk.py   (~6 min 
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -58,8 +59,8 @@ def one(name: str, path: Path, kwargs: dict, work: Path) -> list[dict]:
     return rows
 
 
-def pct(v) -> str:
-    return "–" if v is None else f"{v:.2f}%"
+def pct(v, fraction: bool = False) -> str:
+    return "–" if v is None else f"{100 * v if fraction else v:.2f}%"
 
 
 def markdown(doc: dict) -> str:
@@ -69,19 +70,22 @@ def markdown(doc: dict) -> str:
              f"{m.get('cpu_int8', {}).get('summary')}), {THREADS} threads, MediaPipe {doc['mediapipe']}. "
              "Each file validated on the whole test set on LiteRT and in MediaPipe (fed uint8 RGB images as an "
              "app feeds it); 'same top-1' is MediaPipe against LiteRT on the same file; p50 at batch 1, one run.", "",
-             "| model | kind | input | test images | LiteRT acc. / agree. | MediaPipe | MP acc. / agree. | same top-1 | "
-             "p50 LiteRT / MP |", "|---|---|---|---:|---|---|---|---:|---|"]
+             "| model | kind | input | test images | LiteRT: gates, acc. / agree. | MediaPipe: gates | MP acc. / agree. | "
+             "same top-1 | p50 LiteRT / MP |", "|---|---|---|---:|---|---|---|---:|---|"]
     for r in doc["rows"]:
         lt, mp = r["litert"], r["mediapipe"]
         verdict = ("pass" if mp["passed"] else "FAIL") if mp["loaded"] else f"refused: {'; '.join(mp['failures'] or [])}"
         same = (mp.get("same_file") or {}).get("top1_agreement")
         lines.append(f"| {r['model']} | {r['kind']} | {r['input']} {r['input_shape']}"
-                     f"{' (gray inside)' if r['rgb_adapter'] else ''} | {r['test_images']} | {pct(lt['accuracy'])} / "
-                     f"{pct(lt['agreement'])} | {verdict} | {pct(mp['accuracy'])} / {pct(mp['agreement'])} | "
+                     f"{' (gray inside)' if r['rgb_adapter'] else ''} | {r['test_images']} | "
+                     f"{'pass' if lt['passed'] else 'FAIL'}, {pct(lt['accuracy'], True)} / {pct(lt['agreement'])} | "
+                     f"{verdict} | {pct(mp['accuracy'], True)} / {pct(mp['agreement'])} | "
                      f"{pct(same)} | {lt['p50_ms'] or 0:.3f} / {mp['p50_ms'] or 0:.3f} ms |")
     loaded = sum(r["mediapipe"]["loaded"] for r in doc["rows"])
     passed = sum(bool(r["mediapipe"]["passed"]) for r in doc["rows"])
-    lines += ["", f"{loaded} of {len(doc['rows'])} files loaded in MediaPipe; {passed} passed every gate there."]
+    same = sum(bool(r["mediapipe"]["passed"]) == bool(r["litert"]["passed"]) for r in doc["rows"])
+    lines += ["", f"{loaded} of {len(doc['rows'])} files loaded in MediaPipe; {passed} passed every gate there; the "
+              f"verdict equals LiteRT's on {same} of {len(doc['rows'])}."]
     return "\n".join(lines)
 
 
@@ -96,4 +100,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--render"]:  # the Markdown again from the committed JSON
+        import json
+
+        save("app_sdk", (doc := json.loads((ROOT / "benchmarks/results/app_sdk.json").read_text())), markdown(doc))
+    else:
+        main()
