@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
-from exporter.runtimes.base import Runner, check_file
+from exporter.runtimes.base import Runner, check_file, median_ops
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -131,11 +131,7 @@ class OnnxRunner(Runner):
                                        "op_type": e["args"].get("op_name", "?"), "durations": [],
                                        "kernel": e["args"].get("provider")})
             op["durations"].append(float(e["dur"]))
-        for op in ops.values():  # the median call, so one pre-empted call on a busy machine does not count
-            durations = op.pop("durations")
-            op["calls"] = len(durations)
-            op["us"] = float(np.median(durations)) * len(durations)
-        return {"available": True, "timed": True, "ops": list(ops.values()), "runs": runs,
+        return {"available": True, "timed": True, "ops": median_ops(ops), "runs": runs,
                 "shows": "kernel time of every node ONNX Runtime runs (its profiler; the median call of each node), "
                          "after graph optimisation",
                 "cannot_show": "time between kernels (thread scheduling, memory) is not in the per-node numbers"}

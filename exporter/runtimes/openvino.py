@@ -17,7 +17,7 @@ import numpy as np
 
 from exporter.errors import MissingRuntimeError, ModelFileError, require
 from exporter.export.tflite_app import app_record
-from exporter.runtimes.base import Runner, check_file, dequantize, quantize
+from exporter.runtimes.base import Runner, check_file, dequantize, median_ops, quantize
 
 FAMILY_BY_SUFFIX = {".onnx": "onnx", ".tflite": "tflite"}
 PASS_THROUGH = ("Convert", "Transpose", "Reshape")  # ops between an int8 input/output and its FakeQuantize
@@ -164,11 +164,7 @@ class OpenVINORunner(Runner):
                 op = ops.setdefault(p.node_name, {"node": p.node_name, "op_type": p.node_type, "durations": [],
                                                   "kernel": p.exec_type})
                 op["durations"].append(p.real_time.total_seconds() * 1e6)
-        for op in ops.values():
-            durations = op.pop("durations")
-            op["calls"] = len(durations)
-            op["us"] = float(np.median(durations)) * len(durations)
-        return {"available": True, "timed": True, "ops": list(ops.values()), "runs": runs,
+        return {"available": True, "timed": True, "ops": median_ops(ops), "runs": runs,
                 "shows": "real time of every layer OpenVINO executes (its PERF_COUNT counters; the median call), "
                          "and the kernel that ran it",
                 "cannot_show": "layers OpenVINO fused away are not listed (their time is in the layer they joined)"}
