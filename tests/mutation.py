@@ -195,8 +195,8 @@ MUTATIONS: list[Mutation] = [
       ("tests/test_inspect.py::test_inspect_exit_codes_without_the_artifact_or_the_run",),
       "inspect: a run without the artifact is exit 2"),
     M("fallback-all-float-exit", "exporter/quantize/diagnose.py",
-      "raise ValidationFailed(\n                            f\"{kind.name}: even with all",
-      "raise UsageError(\n                            f\"{kind.name}: even with all",
+      "raise ValidationFailed(\n                f\"{kind.name}: even with all",
+      "raise UsageError(\n                f\"{kind.name}: even with all",
       ("tests/test_inspect.py::test_fallback_auto_says_when_even_all_float_fails",),
       "a kind the fallback cannot make is that kind's failure: exit 70, the others written"),
 ]
