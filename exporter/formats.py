@@ -153,7 +153,7 @@ RUNTIMES: dict[str, Runtime] = {r.name: r for r in (
     Runtime("litert", ("tflite",), f"{_RT}.tflite:TFLiteRunner", description="LiteRT (ai-edge-litert), XNNPACK"),
     Runtime("onnxruntime", ("onnx",), f"{_RT}.onnx:OnnxRunner", description="ONNX Runtime"),
     Runtime("openvino", ("onnx", "tflite"), f"{_RT}.openvino:OpenVINORunner", package="openvino",
-            extra="openvino", description="OpenVINO, CPU, f32 precision hint"),
+            extra="openvino", description="OpenVINO, CPU, f32 precision hint; only when named", default=False),
     Runtime("mediapipe", ("tflite",), f"{_RT}.mediapipe:MediaPipeRunner", package="mediapipe", extra="app",
             description="MediaPipe Tasks ImageClassifier, the app SDK, fed uint8 RGB images one at a time; "
                         "only when named", default=False),

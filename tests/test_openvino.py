@@ -32,8 +32,10 @@ def run_copy(converted_run, tmp_path):
 
 
 def test_the_table_names_openvino_beside_each_familys_own_runtime():
-    assert formats.targets(["onnx-fp32", "tflite-int8"]) == [("onnx-fp32", "onnxruntime"), ("onnx-fp32", OV),
-                                                             ("tflite-int8", "litert"), ("tflite-int8", OV)]
+    # OpenVINO runs only when named (its int8 and dynamic-range kernels on an AVX2-only CPU: README, Runtimes)
+    assert formats.targets(["onnx-fp32", "tflite-int8"]) == [("onnx-fp32", "onnxruntime"), ("tflite-int8", "litert")]
+    assert formats.targets(["onnx-fp32", "tflite-int8"], ["onnxruntime", "litert", OV]) == [
+        ("onnx-fp32", "onnxruntime"), ("onnx-fp32", OV), ("tflite-int8", "litert"), ("tflite-int8", OV)]
     assert formats.targets(["onnx-fp32", "tflite-int8"], [OV]) == [("onnx-fp32", OV), ("tflite-int8", OV)]
     assert formats.target_label("onnx-fp32", OV) == "onnx-fp32 · openvino"
     assert formats.target_label("onnx-fp32", "onnxruntime") == "onnx-fp32"
@@ -55,10 +57,17 @@ def test_openvino_runs_onnx_fp32_like_onnx_runtime(converted_run, fmnist):
     assert ov.input_shape == (28, 28, 1) and ov.num_outputs == 10
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("kind", ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8"])
 def test_openvino_reads_every_tflite_kind_like_litert(converted_run, fmnist, kind):
-    """The int8 file takes and gives int8: quantised with the parameters OpenVINO reads from the file,
-    which are LiteRT's."""
+    """The int8 file takes and gives uint8: quantised with the parameters OpenVINO reads from the file,
+    which are LiteRT's. Its int8 and dynamic-range kernels are checked only on their VNNI path: on oneDNN's
+    AVX2 path (ONEDNN_MAX_CPU_ISA=AVX2, the lower-kernel pass) OpenVINO 2026.4 could not build the
+    dynamic-range file's FullyConnected and its int8 agreed 94.6% (README, Runtimes): why it runs only when named."""
+    from exporter.cpuinfo import has_vnni
+
+    if formats.get(kind).quantize in ("dynamic", "int8") and (os.environ.get("ONEDNN_MAX_CPU_ISA") or not has_vnni()):
+        pytest.skip("OpenVINO's int8/dynamic-range kernels without VNNI: a known gap, README Runtimes")
     path, x = converted_run / formats.get(kind).filename, fmnist.x_test[:300]
     lite, ov = load_runner(path, kind=kind), load_runner(path, kind=kind, runtime=OV)
     a, b = lite.predict(x), ov.predict(x)
@@ -74,7 +83,8 @@ def test_validate_and_report_include_openvino_rows(run_copy, fmnist):
     from exporter.report import write_report
     from exporter.validate import validate
 
-    report = validate(run=run_copy, dataset=data.subset(fmnist, test_limit=1000), kinds=["onnx-fp32", "onnx-int8"])
+    report = validate(run=run_copy, dataset=data.subset(fmnist, test_limit=1000), kinds=["onnx-fp32", "onnx-int8"],
+                      runtimes=["onnxruntime", OV])
     rows = {r["target"]: r for r in report["artifacts"]}
     assert list(rows) == ["onnx-fp32", "onnx-fp32 · openvino", "onnx-int8", "onnx-int8 · openvino"]
     assert report["passed"], [r["failures"] for r in rows.values()]
@@ -114,7 +124,7 @@ def test_bench_times_openvino_with_its_precision(converted_run, fmnist_small):
 
     cfg = BenchConfig(batches=(1, 4), warmup=1, min_runs=3, min_time=0.0, threads=2)
     rep = bench(run=converted_run, dataset=fmnist_small, cfg=cfg, kinds=["onnx-fp32"], include_reference=False,
-                write=False)
+                write=False, runtimes=["onnxruntime", OV])
     assert [(r["target"], r["runtime"], r["batch"]) for r in rep["results"]] == [
         ("onnx-fp32", "onnxruntime", 1), ("onnx-fp32", "onnxruntime", 4),
         ("onnx-fp32 · openvino", OV, 1), ("onnx-fp32 · openvino", OV, 4)]
