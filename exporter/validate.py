@@ -394,7 +394,7 @@ CLASS_SHIFT_POINTS = 5.0  # a warning (not a gate) when an int8 file moves any c
 def class_shift(metrics: dict, threshold: float = CLASS_SHIFT_POINTS) -> dict | None:
     """The class whose accuracy moved most against the original (moved_most), if by more than `threshold`."""
     worst = (metrics.get("moved_most") or [None])[0]
-    if worst is None or abs(worst["change_points"]) <= threshold:
+    if worst is None or round(abs(worst["change_points"]), 6) <= threshold:  # exactly the threshold is no shift
         return None
     return {**worst, "threshold_points": threshold}
 

@@ -201,6 +201,8 @@ def test_a_class_that_moves_too_far_is_a_warning_not_a_gate():
 
     calm = {"moved_most": [{"class": "Coat", "change_points": CLASS_SHIFT_POINTS - 0.5}]}
     assert class_shift(calm) is None and class_shift({"moved_most": []}) is None
+    # exactly the threshold, as float arithmetic gives it (one image of 20 in a class: -5.000000000000001)
+    assert class_shift({"moved_most": [{"class": "Sneaker", "change_points": -(0.95 - 1.0) * -100}]}) is None
     row = {"kind": "tflite-int8", "moved_most": [{"class": "Pullover", "change_points": 27.4},
                                                  {"class": "Coat", "change_points": -17.1}]}
     row["class_shift"] = class_shift(row)
