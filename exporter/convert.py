@@ -278,8 +278,10 @@ def _qat_settings(qat_epochs, qat_loss, qat_label_weight) -> tuple[str, float, d
     if qat_label_weight < 0:
         raise UsageError(f"the QAT label weight must be >= 0, got {qat_label_weight}")
     settings = {"epochs": qat_epochs, "steps": None if qat_epochs else qat_mod.DEFAULT_STEPS,
-                "lr": qat_mod.DEFAULT_LR, "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
-                **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight}
+                "lr": qat_mod.default_lr(qat_loss), "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
+                **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight,
+                    "training_only_layers": "left out", "keep": "best checkpoint",
+                    "select_every": qat_mod.SELECT_EVERY, "select_images": qat_mod.SELECT_IMAGES}
                    if qat_loss == "distill" else {})}
     return qat_loss, qat_label_weight, settings
 

@@ -68,6 +68,63 @@ def test_distillation_follows_the_original_where_the_label_route_leaves_it():
     assert agree["distill"] >= 90, agree
 
 
+def test_distillation_leaves_out_layers_that_act_only_while_training():
+    """The targets are the original's inference outputs on the same images, so a distilled fine-tuning step
+    must see the model as at inference: Dropout and augmentation left out (the identity they are at
+    inference), while the label route keeps them (a regulariser there)."""
+    import keras
+
+    from exporter.quantize import qat
+
+    inp = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.RandomFlip("horizontal", seed=1, name="flip")(inp)
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="c")(h)
+    h = keras.layers.Dropout(0.5, seed=1, name="drop")(keras.layers.Flatten(name="flat")(h))
+    model = keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="p")(h))
+    x = np.random.default_rng(4).uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+    distilled, notes = qat.build_qat_model(model, inference_layers=True)
+    labelled, _ = qat.build_qat_model(model)
+    for m in (distilled, labelled):
+        qat.calibrate(m, x)
+    assert notes["left_out_training_only"] == 2
+    # the same at inference (first: a training call moves the activation ranges' moving average)
+    np.testing.assert_allclose(np.asarray(distilled(x, training=False)), np.asarray(labelled(x, training=False)),
+                               atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(distilled(x, training=True)), np.asarray(distilled(x, training=False)))
+    assert not np.array_equal(np.asarray(labelled(x, training=True)), np.asarray(labelled(x, training=False)))
+
+
+def test_distillation_keeps_the_checkpoint_that_agrees_most_with_the_original():
+    """A fine-tuning that wrecks the model (a learning rate far too high) ends on the calibrated model,
+    step 0, since no later checkpoint agrees more with the original on the held-back images; the record
+    says which step was kept and how each checkpoint scored."""
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0, 1, (320, 12, 12, 1)).astype(np.float32)
+    held = rng.uniform(0, 1, (128, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    calibrated, _ = qat.build_qat_model(original, inference_layers=True)
+    qat.calibrate(calibrated, x[:128])
+    start = np.asarray(calibrated(held, training=False))
+    model, _ = qat.build_qat_model(original, inference_layers=True)
+    qat.calibrate(model, x[:128])
+    wrecked, _ = qat.build_qat_model(original, inference_layers=True)
+    qat.calibrate(wrecked, x[:128])
+    teacher, teacher_held = original.predict(x, verbose=0), original.predict(held, verbose=0)
+    common = dict(epochs=2, steps=12, batch_size=32, lr=5.0, loss="distill", teacher_outputs=teacher)
+    rec = qat.fine_tune(model, x, None, select=(held, teacher_held), check_every=4, **common)
+    qat.fine_tune(wrecked, x, None, **common)
+    sel = rec["selection"]
+    assert [s for s, _ in sel["agreement_by_step"]] == [0, 4, 8, 12] and sel["images"] == 128
+    scores = dict(map(tuple, sel["agreement_by_step"]))
+    assert sel["kept_step"] == max(scores, key=lambda s: (scores[s], -s))
+    assert _agreement(wrecked(held, training=False), teacher_held) < scores[0], "lr 5 should wreck the model"
+    assert sel["kept_step"] == 0
+    np.testing.assert_allclose(np.asarray(model(held, training=False)), start, atol=1e-6)
+
+
 def test_fine_tune_needs_labels_only_for_the_label_route():
     from exporter.errors import UsageError
     from exporter.quantize import qat

@@ -58,8 +58,8 @@ class Int8Session:
         self.calibration, self.target_cpu = calibration, target_cpu
         self.qat_epochs = qat_epochs
         self.qat_steps = qat_steps if qat_steps is not None else (None if qat_epochs else qat.DEFAULT_STEPS)
-        self.qat_lr = qat_lr or qat.DEFAULT_LR
         self.qat_loss = qat.check_loss(qat_loss or qat.DEFAULT_LOSS)
+        self.qat_lr = qat_lr or qat.default_lr(self.qat_loss)
         self.qat_label_weight = qat.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
         self.qat_images = qat_images
         self.qat_batch = qat.DEFAULT_BATCH
@@ -129,19 +129,26 @@ class Int8Session:
                              hint="use --int8 ptq or fallback")
         start = time.perf_counter()
         model = self.source.keras_model()
-        qmodel, notes = qat.build_qat_model(model)
+        distill = self.qat_loss == "distill"
+        qmodel, notes = qat.build_qat_model(model, inference_layers=distill)
         calib = np.asarray(self.calibration.x, np.float32)
         qat.calibrate(qmodel, calib)
         x, y, images_from, batch, steps, available = self._fine_tune_images()
-        teacher = None
-        if self.qat_loss == "distill":  # the original, in inference mode, once: the targets
+        teacher = select = None
+        if distill:  # the original, in inference mode, once: the targets (and the checkpoints' judge)
             teacher = np.concatenate([model(np.asarray(x[i: i + 256], np.float32), training=False).numpy()
                                       for i in range(0, len(x), 256)]) if len(x) else np.zeros((0, 1), np.float32)
+            held = min(qat.SELECT_IMAGES, len(x) // 5)
+            if held:  # drawn at random: a folder's images come class by class
+                back = np.zeros(len(x), bool)
+                back[np.random.default_rng(1).choice(len(x), size=held, replace=False)] = True
+                select = (x[back], teacher[back])
+                x, teacher, y = x[~back], teacher[~back], None if y is None else y[~back]
         log.info("QAT: fine-tuning %s for %d steps on %d images (%s)", model.name, steps, len(x),
                  "distilled from the original" if teacher is not None else "on the labels")
         record = qat.fine_tune(qmodel, x, y, epochs=max(1, int(np.ceil(steps * batch / max(len(x), 1)))), steps=steps,
                                batch_size=batch, lr=self.qat_lr, output=self.convention, loss=self.qat_loss,
-                               teacher_outputs=teacher, label_weight=self.qat_label_weight)
+                               teacher_outputs=teacher, label_weight=self.qat_label_weight, select=select)
         path = self.run / QAT_FILE
         with tempfile.TemporaryDirectory(prefix="resexport-qat-") as tmpdir:
             tmp_model = Path(tmpdir) / QAT_FILE
