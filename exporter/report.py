@@ -121,7 +121,8 @@ def _app_lines(table: dict) -> list[str]:
     return ["## Files for apps", "", *lines, ""] if lines else []
 
 
-QAT_FIELDS = ("fine_tuned_model", "agreement_with_fine_tuned", "agreement_reference", "qat_loss", "class_shift")
+QAT_FIELDS = ("fine_tuned_model", "agreement_with_fine_tuned", "agreement_reference", "qat_loss", "class_shift",
+              "qat_kept_step")
 
 
 def artifact_label(r: dict) -> str:
@@ -130,6 +131,10 @@ def artifact_label(r: dict) -> str:
     if not r.get("fine_tuned_model"):
         return name
     how = "retrained on labels" if r.get("qat_loss") == "labels" else "distilled"
+    kept = r.get("qat_kept_step")
+    if kept:  # [step kept, steps run]
+        how += " (calibrated only: no step agreed more with your model)" if kept[0] == 0 else \
+            f" (step {kept[0]} of {kept[1]} kept)"
     return f"{name} (QAT, {how} into {r['fine_tuned_model']})"
 
 

@@ -425,6 +425,9 @@ def qat_metrics(run: Run, entry: dict, metrics: dict, qat_ref, out, y, class_nam
     extra = {"fine_tuned_model": name, "qat_loss": qat.get("loss", "labels"),
              "agreement_with_original": metrics["agreement"],
              "agreement_with_fine_tuned": own["agreement"] if own else None}
+    kept = (qat.get("selection") or {}).get("kept_step")
+    if kept is not None:  # a distilled fine-tuning keeps its best checkpoint (exporter.quantize.qat)
+        extra["qat_kept_step"] = [kept, qat.get("steps")]
     if not retrained(entry):
         return {**extra, "agreement_reference": run.model_file}
     return {**extra, "agreement_reference": name,

@@ -200,6 +200,9 @@ def test_qat_from_an_unlabeled_folder_passes_against_the_original(distilled_run)
         assert entry["int8"] == "qat" and rec["loss"] == "distill" and rec["label_weight"] == 0
         assert rec["images_from"]["qat_data"]["labelled"] is False and rec["images_from"]["qat_data"]["count"] == 640
         assert rec["judged_against"] == "original"
+        sel = rec["selection"]  # a fifth of the folder held back to pick the checkpoint, step 0 a candidate
+        assert sel["images"] == 128 and sel["agreement_by_step"][0][0] == 0
+        assert sel["kept_step"] in [s for s, _ in sel["agreement_by_step"]]
         assert set(rec["claims"]) == {"agrees_with_the_original", "computes_the_qat_model"}
         # the hold-out verdict is the claim against the original (its lower bound sits near the gate after
         # 10 steps, on some CPUs above and on some below: the verdict, not its side, is what holds everywhere)
@@ -224,6 +227,9 @@ def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
     for name in ("tflite-int8", "onnx-int8"):
         label = next(k for k in cells if k.startswith(name))
         assert "model_qat.keras" in label and "distilled" in label
+        kept = val.artifacts[name]["qat_kept_step"]
+        assert kept == [conv.run.artifact(name)["qat"]["selection"]["kept_step"], conv.run.artifact(name)["qat"]["steps"]]
+        assert (f"step {kept[0]} of {kept[1]} kept" if kept[0] else "calibrated only") in label
         agreement = cells[label][VALIDATION_HEADERS.index("agreement")]
         assert agreement.startswith(f"{val.artifacts[name]['agreement_with_original']:.2f}% vs model.keras")
         assert "vs model_qat.keras" in agreement
