@@ -25,7 +25,7 @@ demo: setup
 	$(PYTHON) -m exporter pipeline
 
 test: setup-dev
-	$(PYTHON) -m pytest -q -n $(TEST_WORKERS)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # The tests marked `kernels` again, on lower kernel paths: oneDNN at most AVX2, LiteRT without XNNPACK.
 test-lower-kernels: setup-dev

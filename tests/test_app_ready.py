@@ -24,6 +24,9 @@ from tests.owndata_helpers import CLASSES, write_folder
 mp = pytest.importorskip("mediapipe")
 from mediapipe.tasks.python import BaseOptions, vision  # noqa: E402
 
+# its module fixture is built once: every test of this file runs in one xdist worker (Makefile: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("app_ready")
+
 TFLITE_KINDS = [k.name for k in formats.EXPORTABLE if k.family == "tflite"]
 OWN_MODELS = Path(__file__).resolve().parent / "fixtures" / "own"
 

@@ -28,6 +28,9 @@ from exporter import manifest as mf
 from exporter.cli import app
 from exporter.run import Run
 
+# its module fixture is built once: every test of this file runs in one xdist worker (Makefile: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("conformance")
+
 SHAPE = (8, 8, 3)
 CLASSES = 4
 

@@ -13,6 +13,9 @@ from exporter import manifest as mf
 from exporter.cli import app
 from exporter.quantize.diagnose import channel_noise_to_signal, inspect
 
+# its module fixture is built once: every test of this file runs in one xdist worker (Makefile: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("inspect")
+
 
 def _tflite_tensor_names(path):
     from ai_edge_litert.interpreter import Interpreter

@@ -23,7 +23,9 @@ from exporter.runtimes import load_runner
 from tests import user_models as um
 
 KINDS = [k.name for k in formats.EXPORTABLE]
-pytestmark = pytest.mark.slow
+# the user_run fixture (every model converted) is built once: this file runs in one xdist worker (Makefile:
+# --dist loadgroup)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("user_models")]
 # The MobileNetV2 backbone costs ~2 min to train and convert to every kind on 2 cores, and after this
 # brief training its int8/dynamic kinds miss their accuracy gates (a genuine quantisation loss,
 # batch-invariant; measured in benchmarks/results/user_models.md). Here it is checked in float.
