@@ -73,6 +73,14 @@ def base_run(name: str):
     return base
 
 
+def _stem(stem: dict | None) -> dict | None:
+    """What the float-stem step did (exporter.quantize.qat.FLOAT_STEM_TRIGGER): held-back agreements, layers kept float."""
+    if not stem:
+        return None
+    return {k: stem.get(k) for k in ("full_int8_held_back_agreement", "held_back_agreement", "kept", "layers",
+                                     "float_weights", "weights", "why")}
+
+
 for name in MODELS:
     base = base_run(name)
     m = models.setdefault(name, {})
@@ -111,10 +119,15 @@ for name in MODELS:
                 "speedup": round(p50[fp32] / p50[kind], 2) if p50.get(kind) and p50.get(fp32) else None,
                 "remedy_seconds_both_kinds": wall,
                 "qat": {k: (entry.get("qat") or {}).get(k) for k in ("loss", "steps", "images", "seconds", "passed")}
-                if entry.get("qat") else None})
+                | {"float_stem": _stem(entry["qat"].get("float_stem"))} if entry.get("qat") else None})
         print(name, remedy, "done", flush=True)
         PARTIAL.write_text(json.dumps({"machine": machine(), "threads": threads, "models": models, "rows": rows},
                                       indent=2, default=str))
+
+def _stem_note(r) -> str:
+    stem = (r.get("qat") or {}).get("float_stem") or {}
+    return f", first {len(stem['layers'])} layers float32" if stem.get("kept") else ""
+
 
 order = list(dict.fromkeys([*models, *MODELS]))
 rows.sort(key=lambda r: (order.index(r["model"]), list(REMEDIES).index(r["remedy"]), r["kind"]))
@@ -131,13 +144,24 @@ for r in rows:
     p = pure.get((r["model"], r["kind"]))
     mm = r["moved_most"] or {}
     lines.append(
-        f"| {r['model']} ({100 * models[r['model']]['keras_accuracy']:.2f}%) | {r['remedy']} | {r['kind']} | "
+        f"| {r['model']} ({100 * models[r['model']]['keras_accuracy']:.2f}%) | {r['remedy']}{_stem_note(r)} | {r['kind']} | "
         f"{100 * r['accuracy']:.2f} | {r['drop_points']:.2f} | {r['agreement_with_original']:.2f} | "
         f"{'–' if r['agreement_with_fine_tuned'] is None else format(r['agreement_with_fine_tuned'], '.2f')} | "
         f"{'pass' if r['passes_against_original'] else 'FAIL'} | "
         f"{mm.get('class', '–')} {format(mm['change_points'], '+.1f') if mm else ''} | {r['bytes'] / 1024:.0f} | "
         f"{r['bytes'] / p['bytes']:.2f} | {r['p50_ms']:.3f} | {r['speedup']:.2f} | {r['remedy_seconds_both_kinds']} |"
         if p else f"| {r['model']} | {r['remedy']} | {r['kind']} | (no ptq row) |")
+stems = [(r["model"], r["qat"]["float_stem"]) for r in rows
+         if r["remedy"] == "qat-distill" and r["kind"] == "tflite-int8" and (r.get("qat") or {}).get("float_stem")]
+if stems:
+    lines += ["", "Float stem (`--qat-float-stem auto`, the default): the full-int8 fine-tuning's best top-1 agreement "
+              "with the original on the held-back fine-tuning images; below 97.5% it is run again with the first layers "
+              "float32 (at most 1.5% of the weights) and kept if it agrees more there.", ""]
+    for name, st in stems:
+        lines.append(f"- {name}: full int8 {st['full_int8_held_back_agreement']:.2f}%"
+                     + (f"; with the first {len(st['layers'])} layers float32 ({st['float_weights']:,} of "
+                        f"{st['weights']:,} weights) {st['held_back_agreement']:.2f}%, kept" if st.get("kept") else
+                        f"; {st.get('why')}") + (f": {', '.join(st['layers'])}" if st.get("kept") else ""))
 lines += ["", "Where each model's rows were measured:", ""]
 lines += [f"- {n}: {mm.get('machine', {}).get('cpu')}, {mm.get('machine', {}).get('cores')} cores" for n, mm in models.items()]
 save("qat_distill", {"machine": machine(), "threads": threads, "qat_epochs": QAT_EPOCHS, "models": models, "rows": rows,

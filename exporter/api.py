@@ -87,6 +87,8 @@ class ConvertOptions:
     qat_loss: str = "distill"              # distill: the original's outputs are the target (exporter.quantize.qat);
                                            # labels: retrain on the labels (a different model)
     qat_label_weight: float = 0.0          # distill: weight of an extra label term (0: stay the original)
+    qat_float_stem: str = "auto"           # distill: auto (keep the first layers float32 when full int8 misses the
+                                           # gate on held-back images; exporter.quantize.qat) or off (full int8)
     fallback: str = "none"                 # 'auto' is the older spelling of int8='fallback'
     target_cpu: str = "auto"               # onnx-int8: vnni, avx2 or auto (this machine's)
     data: PathLike | None = None           # with a model: its data; else data instead of the run's own
@@ -385,7 +387,8 @@ def convert(model=None, *, run: Run | PathLike | None = None, options: ConvertOp
         status = convert_stage(run=target, kinds=kinds, dataset=dataset, calib_samples=o.calib_samples, force=force,
                                unsafe=o.unsafe, fallback=o.fallback, target_cpu=o.target_cpu, int8=o.int8,
                                qat_epochs=o.qat_epochs, qat_data=o.qat_data, qat_loss=o.qat_loss,
-                               qat_label_weight=o.qat_label_weight, progress=progress)
+                               qat_label_weight=o.qat_label_weight, qat_float_stem=o.qat_float_stem,
+                               progress=progress)
     return Conversion(run=target.reload(), artifacts=status)
 
 

@@ -138,6 +138,11 @@ QAT_LOSS_OPT = typer.Option(ConvertOptions.qat_loss, "--qat-loss", help="--int8 
                             "fine-tuning follows your model's own outputs, so the int8 file stays your model and is "
                             "judged against it) or labels (retrain on the labels: a different model, judged against "
                             "model_qat.keras).")
+QAT_FLOAT_STEM_OPT = typer.Option(ConvertOptions.qat_float_stem, "--qat-float-stem", help="--int8 qat/auto, "
+                                   "distilled: auto (default: when the full-int8 fine-tuning still disagrees with "
+                                   "your model on held-back images, the first layers are kept float32, within 1.5% "
+                                   "of the weights, and it is fine-tuned again; the layers are listed) or off (every "
+                                   "op int8, e.g. for accelerators that run nothing else).")
 FALLBACK_OPT = typer.Option(ConvertOptions.fallback, "--fallback", help="int8 only: 'auto' is --int8 fallback (kept "
                             "as an alias); 'none' quantises every layer.")
 TARGET_CPU_OPT = typer.Option(ConvertOptions.target_cpu, "--target-cpu", help="onnx-int8 only: the CPU the model "
@@ -323,6 +328,7 @@ def convert(
     qat_epochs: Optional[float] = QAT_EPOCHS_OPT,
     qat_data: Optional[Path] = QAT_DATA_OPT,
     qat_loss: str = QAT_LOSS_OPT,
+    qat_float_stem: str = QAT_FLOAT_STEM_OPT,
     fallback: str = FALLBACK_OPT,
     target_cpu: str = TARGET_CPU_OPT,
     unsafe: bool = UNSAFE_OPT,

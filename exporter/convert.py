@@ -189,7 +189,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
             calib_samples: int, force: bool = False, unsafe: bool = False,
             fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL,
             int8: str | None = None, qat_epochs: float | None = None, qat_data=None, qat_loss: str | None = None,
-            qat_label_weight: float | None = None) -> dict[str, KindOutcome]:
+            qat_label_weight: float | None = None, qat_float_stem: str | None = None) -> dict[str, KindOutcome]:
     """Export `kinds` from the run's reference model. Returns {kind: KindOutcome} (written, up to date,
     or failed with its reason: one kind that cannot be made never takes the others with it).
     Defaults of the flags are exporter.api.ConvertOptions'.
@@ -197,7 +197,9 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     int8 kinds come from exporter.quantize (make.Int8Session) by `int8`: 'ptq' (default: calibration
     only), 'qat' (quantisation-aware fine-tuning, `qat_epochs` passes over the training split, default
     qat.DEFAULT_STEPS steps; distilled from the original by default, `qat_loss='labels'` retrains on the labels;
-    `qat_data` a folder or .npz of images, labels optional, to fine-tune on instead of the training split),
+    `qat_data` a folder or .npz of images, labels optional, to fine-tune on instead of the training split;
+    `qat_float_stem` 'auto' (default) or 'off': a distilled fine-tuning that misses the gate keeps its first
+    layers float32, qat.FLOAT_STEM_*),
     'fallback' (the fewest layers in float32 that pass on a held-out training
     slice; recorded as float_layers; `fallback='auto'` is its old name) or 'auto' (the first of those
     that passes, the ladder recorded);
@@ -207,7 +209,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     else are replaced only with force. Each artifact is written atomically and the manifest updated
     after each, so an interruption keeps everything finished so far consistent."""
     mode = int8_mode(int8, fallback)
-    qat_loss, qat_label_weight, qat_settings = _qat_settings(qat_epochs, qat_loss, qat_label_weight)
+    qat_loss, qat_label_weight, qat_settings = _qat_settings(qat_epochs, qat_loss, qat_label_weight, qat_float_stem)
     int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}  # checks --target-cpu
     run = Run.of(run)
     ref_path = run.model_path
@@ -240,7 +242,8 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         if any(k.needs_calibration for k in todo):
             session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
                                   target_cpu=target_cpu, qat_epochs=qat_epochs, qat_loss=qat_loss,
-                                  qat_label_weight=qat_label_weight, qat_images=qat_images)
+                                  qat_label_weight=qat_label_weight, qat_images=qat_images,
+                                  qat_float_stem=qat_settings.get("float_stem", {}).get("policy", "off"))
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)
@@ -267,13 +270,14 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
     return status
 
 
-def _qat_settings(qat_epochs, qat_loss, qat_label_weight) -> tuple[str, float, dict]:
+def _qat_settings(qat_epochs, qat_loss, qat_label_weight, qat_float_stem=None) -> tuple[str, float, dict]:
     """The QAT loss, label weight and the settings an int8 artifact's key records (flags checked here)."""
     if qat_epochs is not None and qat_epochs <= 0:
         raise UsageError(f"--qat-epochs must be positive, got {qat_epochs}")
     from exporter.quantize import qat as qat_mod
 
     qat_loss = qat_mod.check_loss(qat_loss or qat_mod.DEFAULT_LOSS)
+    stem = qat_mod.check_float_stem(qat_float_stem or "auto")
     qat_label_weight = qat_mod.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
     if qat_label_weight < 0:
         raise UsageError(f"the QAT label weight must be >= 0, got {qat_label_weight}")
@@ -281,7 +285,9 @@ def _qat_settings(qat_epochs, qat_loss, qat_label_weight) -> tuple[str, float, d
                 "lr": qat_mod.default_lr(qat_loss), "batch": qat_mod.DEFAULT_BATCH, "loss": qat_loss,
                 **({"temperature": qat_mod.DISTILL_TEMPERATURE, "label_weight": qat_label_weight,
                     "training_only_layers": "left out", "keep": "best checkpoint",
-                    "select_every": qat_mod.SELECT_EVERY, "select_images": qat_mod.SELECT_IMAGES}
+                    "select_every": qat_mod.SELECT_EVERY, "select_images": qat_mod.SELECT_IMAGES,
+                    "float_stem": {"policy": stem, **({"trigger": qat_mod.FLOAT_STEM_TRIGGER,
+                                                       "budget": qat_mod.FLOAT_STEM_BUDGET} if stem == "auto" else {})}}
                    if qat_loss == "distill" else {})}
     return qat_loss, qat_label_weight, settings
 

@@ -122,7 +122,7 @@ def _app_lines(table: dict) -> list[str]:
 
 
 QAT_FIELDS = ("fine_tuned_model", "agreement_with_fine_tuned", "agreement_reference", "qat_loss", "class_shift",
-              "qat_kept_step")
+              "qat_kept_step", "qat_float_stem")
 
 
 def artifact_label(r: dict) -> str:
@@ -135,6 +135,8 @@ def artifact_label(r: dict) -> str:
     if kept:  # [step kept, steps run]
         how += " (calibrated only: no step agreed more with your model)" if kept[0] == 0 else \
             f" (step {kept[0]} of {kept[1]} kept)"
+    if r.get("qat_float_stem"):
+        how += f", its first {r['qat_float_stem']} layers float32"
     return f"{name} (QAT, {how} into {r['fine_tuned_model']})"
 
 

@@ -428,6 +428,9 @@ def qat_metrics(run: Run, entry: dict, metrics: dict, qat_ref, out, y, class_nam
     kept = (qat.get("selection") or {}).get("kept_step")
     if kept is not None:  # a distilled fine-tuning keeps its best checkpoint (exporter.quantize.qat)
         extra["qat_kept_step"] = [kept, qat.get("steps")]
+    stem = (qat.get("float_stem") or {}).get("layers")
+    if stem:  # the first layers kept float32 (exporter.quantize.qat.FLOAT_STEM_TRIGGER)
+        extra["qat_float_stem"] = len(stem)
     if not retrained(entry):
         return {**extra, "agreement_reference": run.model_file}
     return {**extra, "agreement_reference": name,

@@ -39,16 +39,19 @@ class ActQuant(keras.layers.Layer):
     """Fake-quantises its input to 8 bit with one range; the range is calibrated (min/max over
     the calibration images while `calibrating`) then followed by an EMA in training."""
 
-    def __init__(self, tied: bool = False, fixed=None, **kw):
+    def __init__(self, tied: bool = False, fixed=None, keep_float: bool = False, **kw):
         super().__init__(**kw)
         self.tied = bool(tied)  # after an interpolating pass-through op: the input's range (sync_ranges)
+        # part of a float stem (qat.apply_float_stem): the tensor stays float32 in the files, so not rounded here
+        self.keep_float = bool(keep_float)
         # the range the int8 kernels fix for their output (LOGISTIC, SOFTMAX, TANH): never calibrated
         self.fixed = None if fixed is None else (float(fixed[0]), float(fixed[1]))
         self.calibrating = False
         self.bypass = False  # float_twin: the range is not applied
 
     def get_config(self):
-        return {**super().get_config(), "tied": self.tied, "fixed": None if self.fixed is None else list(self.fixed)}
+        return {**super().get_config(), "tied": self.tied, "fixed": None if self.fixed is None else list(self.fixed),
+                **({"keep_float": True} if self.keep_float else {})}
 
     def build(self, shape):
         lo, hi = self.fixed or (0.0, 0.0)
@@ -60,7 +63,7 @@ class ActQuant(keras.layers.Layer):
 
     def call(self, x, training=False):
         tf = _tf()
-        if self.bypass:
+        if self.bypass or self.keep_float:
             return x
         if self.fixed is not None:
             return x if self.calibrating else tf.quantization.fake_quant_with_min_max_vars(

@@ -49,7 +49,8 @@ def check_int8(mode: str) -> str:
 class Int8Session:
     def __init__(self, *, run, source, dataset, calibration, target_cpu: str = "auto",
                  qat_epochs: float | None = None, qat_steps: int | None = None, qat_lr: float | None = None,
-                 qat_loss: str | None = None, qat_label_weight: float | None = None, qat_images=None):
+                 qat_loss: str | None = None, qat_label_weight: float | None = None, qat_images=None,
+                 qat_float_stem: str = "auto"):
         """qat_images: exporter.data.Images to fine-tune on (--qat-data; default: the training split
         minus the hold-out). qat_loss: 'distill' (default) or 'labels' (exporter.quantize.qat.LOSSES)."""
         from exporter.quantize import qat
@@ -62,6 +63,7 @@ class Int8Session:
         self.qat_lr = qat_lr or qat.default_lr(self.qat_loss)
         self.qat_label_weight = qat.DEFAULT_LABEL_WEIGHT if qat_label_weight is None else float(qat_label_weight)
         self.qat_images = qat_images
+        self.qat_float_stem = qat.check_float_stem(qat_float_stem)
         self.qat_batch = qat.DEFAULT_BATCH
         self.convention = self.run.output or "probabilities"
         self._hold = self._ref = self._qat = self._qat_ref = self._difficulty = None
@@ -146,9 +148,15 @@ class Int8Session:
                 x, teacher, y = x[~back], teacher[~back], None if y is None else y[~back]
         log.info("QAT: fine-tuning %s for %d steps on %d images (%s)", model.name, steps, len(x),
                  "distilled from the original" if teacher is not None else "on the labels")
-        record = qat.fine_tune(qmodel, x, y, epochs=max(1, int(np.ceil(steps * batch / max(len(x), 1)))), steps=steps,
-                               batch_size=batch, lr=self.qat_lr, output=self.convention, loss=self.qat_loss,
-                               teacher_outputs=teacher, label_weight=self.qat_label_weight, select=select)
+
+        def tune(qm):
+            return qat.fine_tune(qm, x, y, epochs=max(1, int(np.ceil(steps * batch / max(len(x), 1)))), steps=steps,
+                                 batch_size=batch, lr=self.qat_lr, output=self.convention, loss=self.qat_loss,
+                                 teacher_outputs=teacher, label_weight=self.qat_label_weight, select=select)
+
+        record = tune(qmodel)
+        if select is not None and self.qat_float_stem == "auto":
+            qmodel, record = self._float_stem(model, calib, qmodel, record, tune)
         path = self.run / QAT_FILE
         with tempfile.TemporaryDirectory(prefix="resexport-qat-") as tmpdir:
             tmp_model = Path(tmpdir) / QAT_FILE
@@ -167,6 +175,40 @@ class Int8Session:
                   "seconds_total": round(time.perf_counter() - start, 1)}
         qat_ref = qmodel.predict(self.holdout()[0].x, batch_size=256, verbose=0)
         return qmodel, record, qat_ref
+
+    def _float_stem(self, model, calib, qmodel, record, tune):
+        """When the full-int8 fine-tuning's best checkpoint agrees with the original on fewer than
+        qat.FLOAT_STEM_TRIGGER % of the held-back images: the same fine-tuning again with the first layers kept
+        float32 (qat.float_stem_plan), kept if it agrees more there. Returns (model, record), the record with
+        a float_stem entry saying what was tried and why."""
+        from exporter.quantize import qat
+
+        best = max(a for _, a in record["selection"]["agreement_by_step"])
+        stem = {"policy": "auto", "trigger": qat.FLOAT_STEM_TRIGGER, "budget": qat.FLOAT_STEM_BUDGET,
+                "full_int8_held_back_agreement": best, "layers": []}
+        if best >= qat.FLOAT_STEM_TRIGGER:
+            return qmodel, {**record, "float_stem": {**stem, "why": "full int8 agreed enough on held-back images"}}
+        stem_model, _ = qat.build_qat_model(model, inference_layers=True)
+        qat.calibrate(stem_model, calib)
+        plan = qat.float_stem_plan(stem_model)
+        if not plan["ranges"]:
+            return qmodel, {**record, "float_stem": {**stem, "why": "no layer fits the float budget"}}
+        qat.apply_float_stem(stem_model, plan["ranges"])
+        log.info("QAT: full int8 agreed %.2f%% with the original on held-back images (< %g%%): fine-tuning again "
+                 "with %d layers kept float32", best, qat.FLOAT_STEM_TRIGGER, len(plan["layers"]))
+        stem_record = tune(stem_model)
+        stem_best = max(a for _, a in stem_record["selection"]["agreement_by_step"])
+        layers = [n[:-2] if n.endswith("_q") else n for n in plan["layers"]]
+        tried = {**stem, "held_back_agreement": stem_best, "ranges": plan["ranges"],
+                 "float_weights": plan["float_weights"], "weights": plan["weights"],
+                 "seconds": stem_record["seconds"], "full_int8_selection": record["selection"]}
+        if stem_best <= best:
+            return qmodel, {**record, "float_stem": {**tried, "kept": False, "tried_layers": layers,
+                                                     "why": "the float stem agreed no more on held-back images"}}
+        return stem_model, {**stem_record, "seconds": round(record["seconds"] + stem_record["seconds"], 1),
+                            "float_stem": {**tried, "kept": True, "layers": layers,
+                                           "why": f"full int8 agreed {best:.2f}% on held-back images "
+                                                  f"(< {qat.FLOAT_STEM_TRIGGER:g}%)"}}
 
     def _fine_tune_images(self):
         """(x, labels or None, where from, batch, steps, images available): --qat-data's images, or the
@@ -215,7 +257,8 @@ class Int8Session:
         qmodel, record, qat_ref = self.qat_model()
         details = kind.backend().export_qat_int8(qmodel, out, tuple(qmodel.input_shape[1:]),
                                                  target_cpu=self.target_cpu)
-        result = {"int8": "qat", "fallback": "none", "float_layers": [], **details, "qat": record}
+        result = {"int8": "qat", "fallback": "none", "float_layers": (record.get("float_stem") or {}).get("layers", []),
+                  **details, "qat": record}
         if judged:
             result["qat"] = {**record, **self.qat_claims(kind, out, qat_ref)}
         return result
