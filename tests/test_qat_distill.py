@@ -125,6 +125,63 @@ def test_distillation_keeps_the_checkpoint_that_agrees_most_with_the_original():
     np.testing.assert_allclose(np.asarray(model(held, training=False)), start, atol=1e-6)
 
 
+# ------------------------------------------------------------------ the float stem
+
+def test_float_stem_plan_is_a_prefix_within_the_weight_budget():
+    """The stem is the first activation ranges in graph order (never the input's: the files take the image
+    as uint8), its float convolutions hold at most the budget of the weights, and it grows with the budget."""
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    model, _ = qat.build_qat_model(_tiny_model(nested=False), inference_layers=True)
+    candidates = [a.name for a in qat.act_quant_layers(model) if a.fixed is None and not a.tied][1:]
+    sizes = []
+    for budget in (0.0, 0.1, 0.5, 1.0):
+        plan = qat.float_stem_plan(model, budget=budget)
+        assert plan["ranges"] == candidates[:len(plan["ranges"])], plan
+        assert "input_aq" not in plan["ranges"] and len(plan["ranges"]) <= len(candidates) // 2
+        assert plan["float_weights"] <= budget * plan["weights"]
+        sizes.append(len(plan["ranges"]))
+    assert sizes[0] == 0 and sizes == sorted(sizes) and sizes[-1] > 0, sizes
+
+
+def test_a_float_stem_is_what_the_files_compute(tmp_path):
+    """With its first layers kept float, the simulation is still what both files compute (each run in its
+    runtime); the TFLite file runs those convolutions in float32 and the rest in int8; the stem is saved with
+    the fine-tuned model; and on the same calibrated ranges it is closer to the original than full int8."""
+    import keras
+
+    from exporter.quantize import qat
+    from test_quantize import _both_files_compute_the_qat_model, _tiny_model
+
+    x = np.random.default_rng(7).uniform(0, 1, (256, 12, 12, 1)).astype(np.float32)
+    original = _tiny_model(nested=False)
+    full, _ = qat.build_qat_model(original, inference_layers=True)
+    qat.calibrate(full, x[:128])
+    model, _ = qat.build_qat_model(original, inference_layers=True)
+    qat.calibrate(model, x[:128])
+    plan = qat.float_stem_plan(model, budget=0.1)
+    assert plan["layers"], plan
+    qat.apply_float_stem(model, plan["ranges"])
+    assert all(a.keep_float == (a.name in plan["ranges"]) for a in qat.act_quant_layers(model))
+    want = original.predict(x, verbose=0)
+    err = {k: float(np.abs(m.predict(x, verbose=0) - want).mean()) for k, m in (("full", full), ("stem", model))}
+    assert err["stem"] < err["full"], err
+
+    model.save(tmp_path / "q.keras")
+    back = keras.saving.load_model(tmp_path / "q.keras")
+    assert [a.name for a in qat.act_quant_layers(back) if a.keep_float] == plan["ranges"]
+    np.testing.assert_allclose(back.predict(x[:32], verbose=0), model.predict(x[:32], verbose=0), atol=1e-6)
+
+    interp = _both_files_compute_the_qat_model(model, x, tmp_path)
+    tensors = {t["index"]: t for t in interp.get_tensor_details()}
+    convs = [o for o in interp._get_ops_details() if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    float_convs = [o for o in convs if tensors[o["inputs"][1]]["dtype"] == np.float32]
+    assert len(float_convs) == len(plan["layers"]), (plan, [o["op_name"] for o in float_convs])
+    assert convs[:len(float_convs)] == float_convs and all(tensors[o["inputs"][1]]["dtype"] == np.int8
+                                                            for o in convs[len(float_convs):])
+
+
 def test_fine_tune_needs_labels_only_for_the_label_route():
     from exporter.errors import UsageError
     from exporter.quantize import qat
@@ -172,12 +229,15 @@ def test_qat_data_reads_images_without_labels(tmp_path, fmnist):
 @pytest.fixture(scope="module")
 def distilled_run(resmini_run, fmnist, tmp_path_factory):
     """The committed resmini's run, its int8 kinds made by QAT distilled on a folder of images with no
-    class sub-folders (and no labels anywhere), through the API's options; validated on the test set."""
+    class sub-folders (and no labels anywhere), through the API's options; validated on the test set.
+    The float stem's trigger is set above 100% (and its budget to a fifth of the weights), so the stem is
+    always tried: full int8 first, then again with the first layers float32, the one that agrees more kept."""
     import shutil
 
     from PIL import Image
 
     from exporter import api
+    from exporter.quantize import qat
 
     tmp = tmp_path_factory.mktemp("distill")
     folder = tmp / "photos"
@@ -186,8 +246,11 @@ def distilled_run(resmini_run, fmnist, tmp_path_factory):
         Image.fromarray((fmnist.x_train[i, ..., 0] * 255).round().astype(np.uint8)).save(folder / f"img{i}.png")
     run = tmp / "run"
     shutil.copytree(resmini_run, run)
-    conv = api.convert(run=run, dataset=fmnist, force=True, quantize="int8", int8="qat", qat_data=folder,
-                       qat_epochs=1.0, calib_samples=200)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(qat, "FLOAT_STEM_TRIGGER", 100.01)
+        mp.setattr(qat, "FLOAT_STEM_BUDGET", 0.2)
+        conv = api.convert(run=run, dataset=fmnist, force=True, quantize="int8", int8="qat", qat_data=folder,
+                           qat_epochs=1.0, calib_samples=200)
     conv.check()
     return conv, api.validate(conv.run, dataset=fmnist, artifacts=["tflite-int8", "onnx-int8"])
 
@@ -218,6 +281,35 @@ def test_qat_from_an_unlabeled_folder_passes_against_the_original(distilled_run)
         assert a["gated_against"] == "model.keras" and a["fine_tuned_model"] == "model_qat.keras"
 
 
+def test_the_float_stem_is_tried_below_the_trigger_and_kept_only_if_it_agrees_more(distilled_run):
+    conv, val = distilled_run
+    for name in ("tflite-int8", "onnx-int8"):
+        entry = conv.run.artifact(name)
+        stem = entry["qat"]["float_stem"]
+        assert stem["policy"] == "auto" and stem["trigger"] == 100.01
+        assert stem["ranges"] and stem["float_weights"] <= 0.2 * stem["weights"]
+        assert stem["kept"] == (stem["held_back_agreement"] > stem["full_int8_held_back_agreement"]), stem
+        full = stem["full_int8_selection"]
+        assert max(a for _, a in full["agreement_by_step"]) == stem["full_int8_held_back_agreement"]
+        kept_best = max(a for _, a in entry["qat"]["selection"]["agreement_by_step"])
+        assert kept_best == max(stem["held_back_agreement"], stem["full_int8_held_back_agreement"])
+        assert entry["float_layers"] == (stem["layers"] if stem["kept"] else []) and bool(stem["layers"]) == stem["kept"]
+        label = val.artifacts[name].get("qat_float_stem")
+        assert label == (len(stem["layers"]) if stem["kept"] else None)
+
+
+def test_the_float_stem_policy_is_part_of_the_int8_key():
+    from exporter.convert import _qat_settings
+    from exporter.errors import UsageError
+
+    _, _, auto = _qat_settings(None, "distill", None, "auto")
+    _, _, off = _qat_settings(None, "distill", None, "off")
+    assert auto["float_stem"]["policy"] == "auto" and off["float_stem"] == {"policy": "off"} and auto != off
+    assert "float_stem" not in _qat_settings(None, "labels", None, "auto")[2]
+    with pytest.raises(UsageError, match="--qat-float-stem"):
+        _qat_settings(None, "distill", None, "sometimes")
+
+
 def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
     from exporter import api
     from exporter.report import VALIDATION_HEADERS, build_table, summary_rows, validation_rows
@@ -230,6 +322,8 @@ def test_rows_name_the_model_a_qat_file_was_fine_tuned_into(distilled_run):
         kept = val.artifacts[name]["qat_kept_step"]
         assert kept == [conv.run.artifact(name)["qat"]["selection"]["kept_step"], conv.run.artifact(name)["qat"]["steps"]]
         assert (f"step {kept[0]} of {kept[1]} kept" if kept[0] else "calibrated only") in label
+        stem = conv.run.artifact(name)["qat"]["float_stem"]
+        assert (f"first {len(stem['layers'])} layers float32" in label) == stem["kept"], (label, stem)
         agreement = cells[label][VALIDATION_HEADERS.index("agreement")]
         assert agreement.startswith(f"{val.artifacts[name]['agreement_with_original']:.2f}% vs model.keras")
         assert "vs model_qat.keras" in agreement
@@ -281,5 +375,6 @@ def test_convert_offers_the_qat_flags():
     from exporter.cli import app
 
     out = CliRunner().invoke(app, ["convert", "--help"], env={"COLUMNS": "200"}).output
-    assert "--qat-data" in out and "--qat-loss" in out
+    assert "--qat-data" in out and "--qat-loss" in out and "--qat-float-stem" in out
+    assert ConvertOptions().qat_float_stem == "auto"
     assert ConvertOptions().qat_loss == "distill" and ConvertOptions().qat_label_weight == 0

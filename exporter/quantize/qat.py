@@ -454,11 +454,13 @@ def _reads_input(aq) -> bool:
     return type(aq._inbound_nodes[0].input_tensors[0]._keras_history[0]).__name__ == "InputLayer"
 
 
-def float_stem_plan(qat_model, budget: float = FLOAT_STEM_BUDGET) -> dict:
+def float_stem_plan(qat_model, budget: float | None = None) -> dict:
     """The longest float stem within `budget`: the first activation ranges in graph order (never the input's:
     the files take the image as uint8; never a tied or fixed range, which follow another) such that the
     convolutions computing in float (before the stem's last range, or reading a range of it) hold at most
-    `budget` of the weights, and at most half the ranges. Returns {ranges, layers, float_weights, weights}."""
+    `budget` (default FLOAT_STEM_BUDGET) of the weights, and at most half the ranges. Returns {ranges, layers,
+    float_weights, weights}."""
+    budget = FLOAT_STEM_BUDGET if budget is None else budget
     layers = qat_model.layers
     pos = {id(layer): i for i, layer in enumerate(layers)}
     convs = [layer for layer in layers if isinstance(layer, QConv)]
