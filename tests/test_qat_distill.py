@@ -145,7 +145,30 @@ def test_float_stem_plan_is_a_prefix_within_the_weight_budget():
     assert sizes[0] == 0 and sizes == sorted(sizes) and sizes[-1] > 0, sizes
 
 
-def test_a_float_stem_is_what_the_files_compute(tmp_path):
+def _resized_model():
+    """A bilinear resize in front (MobileNetV2's user model): the resize runs on the int8 input in the
+    files, before a float stem, and rounds onto the input's grid there."""
+    import keras
+    from keras import layers
+
+    from test_quantize import _deterministic_weights
+
+    inp = keras.Input((12, 12, 1), name="image")
+    x = layers.Resizing(16, 16, name="resize")(inp)
+    x = layers.Conv2D(8, 3, strides=2, padding="same", name="c1")(x)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.ReLU(6.0, name="r1")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.ReLU(6.0, name="r2")(x)
+    x = layers.Conv2D(16, 1, name="c2")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    out = layers.Dense(10, name="logits")(x)
+    return _deterministic_weights(keras.Model(inp, out, name="resized"), seed=3, kernel_std=0.4)
+
+
+@pytest.mark.parametrize("which", ["tiny", "resized"])
+def test_a_float_stem_is_what_the_files_compute(tmp_path, which):
     """With its first layers kept float, the simulation is still what both files compute (each run in its
     runtime); the TFLite file runs those convolutions in float32 and the rest in int8; the stem is saved with
     the fine-tuned model; and on the same calibrated ranges it is closer to the original than full int8."""
@@ -155,15 +178,16 @@ def test_a_float_stem_is_what_the_files_compute(tmp_path):
     from test_quantize import _both_files_compute_the_qat_model, _tiny_model
 
     x = np.random.default_rng(7).uniform(0, 1, (256, 12, 12, 1)).astype(np.float32)
-    original = _tiny_model(nested=False)
+    original = _tiny_model(nested=False) if which == "tiny" else _resized_model()
     full, _ = qat.build_qat_model(original, inference_layers=True)
     qat.calibrate(full, x[:128])
     model, _ = qat.build_qat_model(original, inference_layers=True)
     qat.calibrate(model, x[:128])
-    plan = qat.float_stem_plan(model, budget=0.1)
+    plan = qat.float_stem_plan(model, budget=0.1 if which == "tiny" else 0.4)
     assert plan["layers"], plan
     qat.apply_float_stem(model, plan["ranges"])
     assert all(a.keep_float == (a.name in plan["ranges"]) for a in qat.act_quant_layers(model))
+    assert not any(a.keep_float for a in qat.act_quant_layers(model) if a.tied)  # the resize's rounding stays
     want = original.predict(x, verbose=0)
     err = {k: float(np.abs(m.predict(x, verbose=0) - want).mean()) for k, m in (("full", full), ("stem", model))}
     assert err["stem"] < err["full"], err

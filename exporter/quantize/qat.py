@@ -481,13 +481,15 @@ def float_stem_plan(qat_model, budget: float | None = None) -> dict:
 
 
 def apply_float_stem(qat_model, ranges) -> None:
-    """Keep the named activation ranges float32 (and the tied or fixed ranges among or reading them), then
-    re-sync the bias grids: the simulation then computes what the files compute with those tensors float."""
+    """Keep the named activation ranges float32, the fixed ranges among them, and the tied ranges that copy
+    one of them, then re-sync the bias grids: the simulation then computes what the files compute with those
+    tensors float. A tied range copying an int8 range stays: an interpolating resize of the int8 input runs
+    in int8 in the files, and rounds, before the float stem begins."""
     names = set(ranges)
     aqs = act_quant_layers(qat_model)
     last = max((i for i, a in enumerate(aqs) if a.name in names), default=-1)
     for i, a in enumerate(aqs):
-        if a.name in names or (i < last and (a.fixed is not None or a.tied) and not _reads_input(a)):
+        if a.name in names or (i < last and a.fixed is not None):
             a.keep_float = True
     for layer, src in range_links(qat_model):
         if isinstance(layer, ActQuant) and src.keep_float:
