@@ -198,7 +198,7 @@ CONVERT_HEADERS = ["kind", "file", "size", "status", "seconds", "float layers"]
 def convert_rows(run, status: dict) -> list[dict]:
     """One row per kind convert was asked for (status: kind -> exporter.convert.KindOutcome): its file,
     size, whether it was written or kept (or why it failed), and for an int8 artifact made with
-    --fallback auto how many layers stayed float."""
+    --fallback auto or a QAT float stem how many layers stayed float."""
     run, rows = Run.of(run), []
     for kind, st in status.items():
         a = run.artifact(kind)
@@ -209,7 +209,8 @@ def convert_rows(run, status: dict) -> list[dict]:
             continue
         rows.append({"kind": kind, "status": str(st), "file": a["file"], "bytes": a["bytes"],
                      "size": f"{a['bytes'] / 1024:.1f} KiB", "seconds": f"{a.get('seconds') or 0:.1f}",
-                     **({"float_layers": len(a.get("float_layers") or [])} if a.get("fallback") == "auto" else {})})
+                     **({"float_layers": len(a.get("float_layers") or [])}
+                        if a.get("fallback") == "auto" or a.get("float_layers") else {})})
     return rows
 
 

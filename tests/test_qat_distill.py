@@ -306,7 +306,10 @@ def test_qat_from_an_unlabeled_folder_passes_against_the_original(distilled_run)
 
 
 def test_the_float_stem_is_tried_below_the_trigger_and_kept_only_if_it_agrees_more(distilled_run):
+    from exporter.report import convert_rows
+
     conv, val = distilled_run
+    rows = {r["kind"]: r for r in convert_rows(conv.run, conv.artifacts)}
     for name in ("tflite-int8", "onnx-int8"):
         entry = conv.run.artifact(name)
         stem = entry["qat"]["float_stem"]
@@ -320,6 +323,7 @@ def test_the_float_stem_is_tried_below_the_trigger_and_kept_only_if_it_agrees_mo
         assert entry["float_layers"] == (stem["layers"] if stem["kept"] else []) and bool(stem["layers"]) == stem["kept"]
         label = val.artifacts[name].get("qat_float_stem")
         assert label == (len(stem["layers"]) if stem["kept"] else None)
+        assert rows[name].get("float_layers") == label  # convert's table says how many layers stayed float
 
 
 def test_the_float_stem_policy_is_part_of_the_int8_key():
