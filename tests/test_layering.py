@@ -27,7 +27,7 @@ EXCEPTIONS = {
     ("convert.py", "exporter.quantize.qat"): (1, QAT),
     ("export/onnx.py", "exporter.quantize.qat"): (1, QAT),
     ("export/tflite.py", "exporter.quantize.qat"): (1, QAT),
-    ("quantize/make.py", "exporter.quantize.qat"): (3, QAT),
+    ("quantize/make.py", "exporter.quantize.qat"): (4, QAT),
     ("train.py", "exporter.models"): (1, "models.py imports Keras at its top (pure Keras 3 builders)"),
     ("train.py", "exporter.stream"): (1, "stream.Batches subclasses keras.utils.PyDataset at import"),
     ("validate.py", "exporter.quantize.layers"): (1, "opening a QAT model registers its layers: imports Keras"),
