@@ -186,30 +186,28 @@ def _up_to_date(run: Run, kind: formats.ArtifactKind, entry: dict | None, key: s
 
 
 def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data_mod.Dataset,
-            calib_samples: int, force: bool = False, unsafe: bool = False,
-            fallback: str = "none", target_cpu: str = "auto", progress: Progress = NULL,
-            int8: str | None = None, qat_epochs: float | None = None, qat_data=None, qat_loss: str | None = None,
+            calib_samples: int, force: bool = False, unsafe: bool = False, fallback: str = "none",
+            target_cpu: str = "auto", progress: Progress = NULL, int8: str | None = None,
+            qat_epochs: float | None = None, qat_data=None, qat_loss: str | None = None,
             qat_label_weight: float | None = None, qat_float_stem: str | None = None) -> dict[str, KindOutcome]:
     """Export `kinds` from the run's reference model. Returns {kind: KindOutcome} (written, up to date,
-    or failed with its reason: one kind that cannot be made never takes the others with it).
-    Defaults of the flags are exporter.api.ConvertOptions'.
+    or failed with its reason: one kind that cannot be made never takes the others with it). Defaults of
+    the flags are exporter.api.ConvertOptions'.
 
     int8 kinds come from exporter.quantize (make.Int8Session) by `int8`: 'ptq' (default: calibration
     only), 'qat' (quantisation-aware fine-tuning, `qat_epochs` passes over the training split, default
     qat.DEFAULT_STEPS steps; distilled from the original by default, `qat_loss='labels'` retrains on the labels;
     `qat_data` a folder or .npz of images, labels optional, to fine-tune on instead of the training split;
-    `qat_float_stem` 'auto' (default) or 'off': a distilled fine-tuning that misses the gate keeps its first
-    layers float32, qat.FLOAT_STEM_*),
-    'fallback' (the fewest layers in float32 that pass on a held-out training
-    slice; recorded as float_layers; `fallback='auto'` is its old name) or 'auto' (the first of those
-    that passes, the ladder recorded);
+    `qat_float_stem` 'auto' or 'off', qat.FLOAT_STEM_TRIGGER), 'fallback' (the fewest layers in float32 that pass
+    on a held-out training slice; recorded as float_layers; `fallback='auto'` is its old name) or 'auto' (the
+    first of those that passes, the ladder recorded);
     `target_cpu` (auto|vnni|avx2) picks ONNX Runtime's int8 settings (export/onnx.ORT_INT8_TARGETS).
 
-    Existing artifacts made from the same model (and calibration) are kept; ones made from something
-    else are replaced only with force. Each artifact is written atomically and the manifest updated
-    after each, so an interruption keeps everything finished so far consistent."""
+    Existing artifacts made from the same model (and calibration) are kept; ones made from something else
+    are replaced only with force. Each artifact is written atomically and the manifest updated after each."""
     mode = int8_mode(int8, fallback)
     qat_loss, qat_label_weight, qat_settings = _qat_settings(qat_epochs, qat_loss, qat_label_weight, qat_float_stem)
+    stem = qat_settings.get("float_stem", {}).get("policy", "off")  # labels: no stem
     int8_keys = {k.name: _int8_key(k, fallback, target_cpu, mode, qat_settings) for k in kinds}  # checks --target-cpu
     run = Run.of(run)
     ref_path = run.model_path
@@ -242,8 +240,7 @@ def convert(*, run: Run | Path, kinds: list[formats.ArtifactKind], dataset: data
         if any(k.needs_calibration for k in todo):
             session = Int8Session(run=run, source=source, dataset=dataset, calibration=calibration,
                                   target_cpu=target_cpu, qat_epochs=qat_epochs, qat_loss=qat_loss,
-                                  qat_label_weight=qat_label_weight, qat_images=qat_images,
-                                  qat_float_stem=qat_settings.get("float_stem", {}).get("policy", "off"))
+                                  qat_label_weight=qat_label_weight, qat_images=qat_images, qat_float_stem=stem)
         with progress.task("converting", total=len(todo)) as task:
             for kind in todo:
                 task.describe(kind.name)
