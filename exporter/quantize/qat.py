@@ -438,7 +438,7 @@ def calibrate(qat_model, images: np.ndarray, batch: int = 64) -> None:
 # convolutions' weights (stored float32, 4x) are at most FLOAT_STEM_BUDGET of all the weights, so the file
 # grows by at most ~3 x that (4.5%), and at most half the activation ranges. Measured on MobileNetV2 (alpha
 # 0.35, the only model of benchmarks/qat_distill.py below the trigger): full int8 96.75%, with the stem
-# 98.1% agreement with the original on the test set (benchmarks/results/qat_distill.md).
+# 97.98% (TFLite) / 97.97% (ONNX) agreement with the original on the test set (results/qat_distill.md).
 FLOAT_STEM_TRIGGER = 97.5
 FLOAT_STEM_BUDGET = 0.015
 FLOAT_STEMS = ("auto", "off")
