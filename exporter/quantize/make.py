@@ -52,7 +52,9 @@ class Int8Session:
                  qat_loss: str | None = None, qat_label_weight: float | None = None, qat_images=None,
                  qat_float_stem: str = "auto"):
         """qat_images: exporter.data.Images to fine-tune on (--qat-data; default: the training split
-        minus the hold-out). qat_loss: 'distill' (default) or 'labels' (exporter.quantize.qat.LOSSES)."""
+        minus the hold-out). qat_loss: 'distill' (default) or 'labels' (exporter.quantize.qat.LOSSES).
+        qat_float_stem: 'auto' (a distilled fine-tuning below qat.FLOAT_STEM_TRIGGER on its held-back images
+        is run again with its first layers float32: _float_stem) or 'off'."""
         from exporter.quantize import qat
 
         self.run, self.source, self.dataset = Run.of(run), source, dataset
