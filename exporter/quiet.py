@@ -10,6 +10,7 @@ quiet calls are wrapped."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from typing import Iterator
@@ -41,6 +42,25 @@ def native_stderr_hidden() -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def python_loggers_quiet(*names: str) -> Iterator[None]:
+    """Raise the named Python loggers to ERROR for the duration (unless --debug): for a library call whose
+    warning is about the library's own API, not the user's model (the TFLite converter's "consider providing
+    the trackable_obj argument", logged through absl, whose own set-up undoes the CLI's level)."""
+    if _SHOW["native"]:
+        yield
+        return
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def hide_native_stderr_for_process() -> bool:

@@ -206,6 +206,23 @@ def test_a_float_stem_is_what_the_files_compute(tmp_path, which):
                                                             for o in convs[len(float_convs):])
 
 
+def test_the_qat_converter_logs_nothing_about_its_own_api(caplog):
+    """from_concrete_functions without the trackable object is on purpose (qat.tflite_bytes): TensorFlow's
+    warning about it is not the user's business and must not reach convert's output."""
+    import logging
+
+    from exporter.quantize import qat
+    from test_quantize import _tiny_model
+
+    model, _ = qat.build_qat_model(_tiny_model(nested=False))
+    qat.calibrate(model, np.random.default_rng(8).uniform(0, 1, (32, 12, 12, 1)).astype(np.float32))
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        blob = qat.tflite_bytes(model, (12, 12, 1))
+    assert blob[4:8] == b"TFL3"
+    assert not [r.getMessage() for r in caplog.records if "trackable_obj" in r.getMessage()]
+
+
 def test_fine_tune_needs_labels_only_for_the_label_route():
     from exporter.errors import UsageError
     from exporter.quantize import qat

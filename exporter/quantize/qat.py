@@ -47,7 +47,7 @@ import numpy as np
 from exporter.errors import UsageError, require
 from exporter.export.source import tensorflow
 from exporter.quantize.layers import EMA_DECAY, ActQuant, QConv
-from exporter.quiet import native_stderr_hidden
+from exporter.quiet import native_stderr_hidden, python_loggers_quiet
 
 log = logging.getLogger(__name__)
 
@@ -680,12 +680,13 @@ def tflite_bytes(qat_model, input_shape) -> bytes:
     the fake-quant ops carry (no calibration pass). from_concrete_functions WITHOUT the trackable
     object: with it the converter misses the QAT graph."""
     tf = _tf()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(qat_model, input_shape)])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    with native_stderr_hidden():
-        return converter.convert()
+    with python_loggers_quiet("absl", "tensorflow"):  # "consider providing the trackable_obj argument": see above
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function(qat_model, input_shape)])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        with native_stderr_hidden():
+            return converter.convert()
 
 
 def freeze_weights(qat_model) -> None:
