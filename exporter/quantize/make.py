@@ -185,7 +185,10 @@ class Int8Session:
         a float_stem entry saying what was tried and why."""
         from exporter.quantize import qat
 
-        best = max(a for _, a in record["selection"]["agreement_by_step"])
+        def held_back(rec) -> float:  # the kept checkpoint's agreement with the original on the held-back images
+            return max(a for _, a in rec["selection"]["agreement_by_step"])
+
+        best = held_back(record)
         stem = {"policy": "auto", "trigger": qat.FLOAT_STEM_TRIGGER, "budget": qat.FLOAT_STEM_BUDGET,
                 "full_int8_held_back_agreement": best, "layers": []}
         if best >= qat.FLOAT_STEM_TRIGGER:
@@ -199,7 +202,7 @@ class Int8Session:
         log.info("QAT: full int8 agreed %.2f%% with the original on held-back images (< %g%%): fine-tuning again "
                  "with %d layers kept float32", best, qat.FLOAT_STEM_TRIGGER, len(plan["layers"]))
         stem_record = tune(stem_model)
-        stem_best = max(a for _, a in stem_record["selection"]["agreement_by_step"])
+        stem_best = held_back(stem_record)
         layers = [n[:-2] if n.endswith("_q") else n for n in plan["layers"]]
         tried = {**stem, "held_back_agreement": stem_best, "ranges": plan["ranges"],
                  "float_weights": plan["float_weights"], "weights": plan["weights"],
